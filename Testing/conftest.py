@@ -1,0 +1,24 @@
+"""Shared fixtures: the real data folder (skipped with a visible reason where absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("PROPSAM_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def shared_data_path(*parts: str) -> Path:
+    """Path under the shared data folder; skips the test (with the reason) if it is missing."""
+    path = DATA_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is missing (set PROPSAM_DATA_DIR)")
+    return path
+
+
+@pytest.fixture
+def shared_data():
+    return shared_data_path
