@@ -11,6 +11,8 @@ from .errors import PropSAMError
 # modules exposing register(subparsers); each subcommand sets `func(args) -> int`
 SUBCOMMAND_MODULES = [
     "propsam.engine.cli",
+    "propsam.training.cli",
+    "propsam.dicom.cli", "propsam.study.cli",
 ]
 
 

@@ -1,0 +1,88 @@
+"""Network configurations as data: a named JSON file per model size (paper, lite)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .errors import InputError
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """One UNet-style network (Box2Mask or PropMask).
+
+    Stage i has min(base_channels * 2**i, max_channels) channels; stage 0 keeps resolution and
+    each later stage halves it. PropMask cross-attends at the `attention_stages` lowest stages.
+    """
+
+    network: str  # "box2mask" or "propmask"
+    image_size: int
+    base_channels: int
+    max_channels: int
+    stages: int = 6
+    in_channels: int = 1
+    attention_stages: int = 4
+    attention_head_dim: int = 32
+    positional_encoding: bool = False  # added to Q and K; no parameters
+    presence_head: bool = False  # per adjacent slice: is the object there at all
+    boundary_head: bool = False  # BD (SAM2-3dMed): boundary logits fused into the mask
+    position_head: bool = False  # SRPP (SAM2-3dMed): signed slice offset from the guide
+
+    @property
+    def channels(self) -> list[int]:
+        return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.stages)]
+
+    def validate(self) -> "NetworkConfig":
+        if self.network not in ("box2mask", "propmask"):
+            raise InputError(f"unknown network kind {self.network!r}")
+        if self.image_size % 2 ** (self.stages - 1):
+            raise InputError(f"image_size {self.image_size} must be divisible by 2**{self.stages - 1}")
+        if self.network == "propmask" and not 1 <= self.attention_stages <= self.stages:
+            raise InputError(f"attention_stages must be within 1..{self.stages}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown network configuration keys: {sorted(unknown)}")
+        return cls(**data).validate()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Box2Mask + PropMask pair that the engine runs together."""
+
+    name: str
+    box2mask: NetworkConfig
+    propmask: NetworkConfig
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "box2mask": self.box2mask.to_dict(), "propmask": self.propmask.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        try:
+            return cls(
+                name=data["name"],
+                box2mask=NetworkConfig.from_dict(data["box2mask"]),
+                propmask=NetworkConfig.from_dict(data["propmask"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"model configuration is incomplete: {exc}") from None
+
+
+def named_config(name: str) -> ModelConfig:
+    path = CONFIG_DIR / f"{name}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise InputError(f"no model configuration named {name!r}; known: {', '.join(known)}")
+    return ModelConfig.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,57 @@
+"""Box -> 2D mask with Box2Mask, with the paper's normalization-window search.
+
+Pass 1 predicts the box crop under a grid of windows (lower bound at the 5th-40th, upper at the
+90th-95th percentile of the crop) in one batch and averages the probabilities. Pass 2 re-derives
+the window from the 0.5/99.5 percentiles of pass 1's foreground and predicts again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .device import autocast_for
+from .intensity import apply_window, window_from_values
+from .roi import box_roi, crop_to_model, paste_from_model, roi_grid
+
+
+@dataclass(frozen=True)
+class WindowSearch:
+    lower_percentiles: tuple[float, ...] = (5.0, 20.0, 40.0)
+    upper_percentiles: tuple[float, ...] = (90.0, 95.0)
+    refine: bool = True
+
+    def windows(self, values: np.ndarray) -> list[tuple[float, float]]:
+        return [window_from_values(values, lo, hi) for lo in self.lower_percentiles for hi in self.upper_percentiles]
+
+
+def _predict(net, plane: np.ndarray, roi, windows, size: int, device) -> np.ndarray:
+    grid = roi_grid(roi, size, plane.shape)
+    raw = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
+    x = torch.stack([crop_to_model(apply_window(raw[None], lo, hi), grid)[0] for lo, hi in windows])[:, None]
+    with torch.inference_mode(), autocast_for(device):
+        prob = torch.sigmoid(net(x.to(device))["masks"][0].float()).mean(0)
+    pasted, (r0, r1, c0, c1) = paste_from_model(prob, roi, plane.shape)
+    out = np.zeros(plane.shape, np.float32)
+    out[r0:r1, c0:c1] = pasted[0]
+    return out
+
+
+def box_to_mask(net, plane: np.ndarray, box: tuple[int, int, int, int], size: int, device,
+                search: WindowSearch = WindowSearch(), box_scale: float = 1.1) -> np.ndarray:
+    """plane (rows, cols) raw intensities; box (c0, r0, c1, r1) inclusive -> bool mask inside the box."""
+    c0, r0, c1, r1 = box
+    inside = np.zeros(plane.shape, bool)
+    inside[r0 : r1 + 1, c0 : c1 + 1] = True
+    roi = box_roi(box, box_scale)
+    br0, br1, bc0, bc1 = roi.bounds(plane.shape)
+    first = (_predict(net, plane, roi, search.windows(plane[br0:br1, bc0:bc1]), size, device) > 0.5) & inside
+    if not first.any():
+        raise InputError("Box2Mask found no object in the box; draw the box tightly around the object or sketch a mask")
+    if not search.refine:
+        return first
+    refined = (_predict(net, plane, roi, [window_from_values(plane[first], 0.5, 99.5)], size, device) > 0.5) & inside
+    return refined if refined.any() else first

@@ -1,0 +1,166 @@
+"""Bidirectional propagation of a 2D mask through a volume with PropMask.
+
+The volume is viewed with the propagation axis first (P, rows, cols). Each round sends both
+directions' guides in one batch: a guide slice, its mask and the next `window` slices on its
+side, all cropped by a square ROI (context x the mask's box) and windowed by the intensity range
+of the first guiding mask. The next guide on each side is the most marginal predicted slice whose
+area passes the minimum; a side stops at the volume edge or a bound, or when the object ends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .control import CancelToken, ProgressCallback
+from .device import autocast_for
+from .intensity import apply_window, window_from_values
+from .roi import crop_to_model, paste_from_model, roi_grid, square_roi
+
+
+@dataclass(frozen=True)
+class PropagationOptions:
+    thickness_mm: float = 20.0
+    max_window: int = 16  # adjacent slices per guide, whatever the spacing
+    context: float = 1.5
+    min_area_fraction: float = 0.01  # of the prompt's area ...
+    min_area_px: int = 3  # ... but at least this many pixels
+    presence_threshold: float = 0.5
+    keep_connected: bool = True
+
+
+@dataclass
+class PropagationStats:
+    rounds: int = 0
+    slices_predicted: int = 0
+    extent: tuple[int, int] = (0, 0)  # first and last slice of the result along the axis
+    stop_reasons: dict = field(default_factory=dict)  # direction -> why it stopped
+
+
+@dataclass
+class _Side:
+    direction: int
+    guide: int
+    mask: np.ndarray
+    active: bool = True
+    travelled: int = 0
+
+
+def window_size(thickness_mm: float, spacing_mm: float, cap: int) -> int:
+    return int(np.clip(round(thickness_mm / spacing_mm), 1, cap))
+
+
+def propagate(
+    net, size: int, volume: np.ndarray, spacing_prc: tuple[float, float, float], guide_index: int,
+    guide_mask: np.ndarray, device: torch.device, options: PropagationOptions = PropagationOptions(),
+    bounds: tuple[int, int] | None = None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+) -> tuple[np.ndarray, PropagationStats]:
+    """volume (P, R, C) raw; guide_mask (R, C) bool on slice guide_index -> (P, R, C) uint8 mask."""
+    depth = volume.shape[0]
+    lo_bound, hi_bound = bounds if bounds is not None else (0, depth - 1)
+    spacing_rc = spacing_prc[1:]
+    window = window_size(options.thickness_mm, spacing_prc[0], options.max_window)
+    lo, hi = window_from_values(volume[guide_index][guide_mask])
+    min_area = max(options.min_area_px, options.min_area_fraction * guide_mask.sum())
+    radius_mm = math.sqrt(guide_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
+    expected_half = max(window, math.ceil(1.2 * radius_mm / spacing_prc[0]))
+
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    sides = [_Side(+1, guide_index, guide_mask), _Side(-1, guide_index, guide_mask)]
+    stats = PropagationStats()
+    done = 0
+    while any(s.active for s in sides):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        batch = []
+        for side in sides:
+            if not side.active:
+                continue
+            targets = [side.guide + side.direction * k for k in range(1, window + 1)]
+            targets = [t for t in targets if lo_bound <= t <= hi_bound]
+            if not targets:
+                side.active = False
+                stats.stop_reasons[side.direction] = "edge"
+                continue
+            batch.append((side, targets))
+        if not batch:
+            break
+        probs, presence, rois = _predict_round(net, size, volume, batch, spacing_rc, options.context, lo, hi, window, device)
+        stats.rounds += 1
+        for (side, targets), prob, present, roi in zip(batch, probs, presence, rois):
+            pasted, (r0, r1, c0, c1) = paste_from_model(torch.from_numpy(prob[: len(targets)]), roi, volume.shape[1:])
+            last_kept = None
+            for j, t in enumerate(targets):
+                plane = np.zeros(volume.shape[1:], np.float32)
+                plane[r0:r1, c0:c1] = pasted[j]
+                area = int((plane > 0.5).sum())
+                if present[j] < options.presence_threshold or area < min_area:
+                    side.active = False
+                    stats.stop_reasons[side.direction] = "object ended"
+                    break
+                sums[t] = sums.get(t, 0) + plane
+                counts[t] = counts.get(t, 0) + 1
+                last_kept = j
+            side.travelled += len(targets)
+            done += len(targets)
+            stats.slices_predicted += len(targets)
+            if side.active and last_kept == len(targets) - 1:
+                side.guide = targets[-1]
+                side.mask = sums[side.guide] / counts[side.guide] > 0.5
+            elif side.active:
+                side.active = False
+                stats.stop_reasons[side.direction] = "edge"
+        if progress is not None:
+            remaining = sum(
+                min(max(window, expected_half - s.travelled), (hi_bound - s.guide) if s.direction > 0 else (s.guide - lo_bound))
+                for s in sides if s.active
+            )
+            progress(done, done + remaining)
+
+    result = np.zeros(volume.shape, np.uint8)
+    for t, total in sums.items():
+        result[t] = (total / counts[t]) > 0.5
+    result[guide_index] = guide_mask
+    if options.keep_connected:
+        result = _components_touching(result, guide_index, guide_mask)
+    filled = np.flatnonzero(result.reshape(depth, -1).any(axis=1))
+    stats.extent = (int(filled[0]), int(filled[-1]))
+    return result, stats
+
+
+def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device):
+    """One PropMask call for all active sides; shorter sides are padded by repeating their last slice."""
+    images, masks, adjacent, rois = [], [], [], []
+    for side, targets in batch:
+        roi = square_roi(side.mask, spacing_rc, context)
+        grid = roi_grid(roi, size, volume.shape[1:])
+        padded = targets + [targets[-1]] * (window - len(targets))
+        planes = torch.from_numpy(np.ascontiguousarray(volume[[side.guide] + padded], dtype=np.float32))
+        x = crop_to_model(apply_window(planes, lo, hi), grid)
+        m = crop_to_model(torch.from_numpy(side.mask[None].astype(np.float32)), grid)
+        images.append(x[:1])
+        masks.append((m > 0.5).float())
+        adjacent.append(x[1:, None])
+        rois.append(roi)
+    with torch.inference_mode(), autocast_for(device):
+        out = net(torch.stack(images).to(device), torch.stack(masks).to(device), torch.stack(adjacent).to(device))
+    probs = torch.sigmoid(out["masks"][0].float())[:, :, 0].cpu().numpy()
+    if "presence" in out:
+        presence = torch.sigmoid(out["presence"].float()).cpu().numpy()
+    else:
+        presence = np.ones(probs.shape[:2], np.float32)
+    return probs, presence, rois
+
+
+def _components_touching(mask: np.ndarray, guide_index: int, guide_mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return mask
+    keep = np.unique(labels[guide_index][guide_mask])
+    keep = keep[keep > 0]
+    return np.isin(labels, keep).astype(np.uint8)

@@ -1,0 +1,110 @@
+"""The predictor: owns the loaded networks and turns (volume, prompt) into a 3D mask.
+
+Like segment-anything's predictor it holds the preprocessing and the device; the networks in
+`propsam.modeling` know nothing of volumes or prompts.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from ..errors import InputError
+from ..io.volume import Volume, check_finite
+from ..weights import load_bundle
+from .box2mask_predictor import WindowSearch, box_to_mask
+from .control import CancelToken, ProgressCallback
+from .device import cpu_threads, pick_device
+from .prompts import BoxPrompt, MaskPrompt, Prompt, TwoViewBoxPrompt
+from .propagation import PropagationOptions, PropagationStats, propagate
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    propagation: PropagationOptions = PropagationOptions()
+    window_search: WindowSearch = WindowSearch()
+    box_scale: float = 1.1
+
+
+@dataclass
+class SegmentResult:
+    mask: np.ndarray  # uint8 (Z, Y, X) on the input grid
+    prompt_mask: np.ndarray  # 2D bool mask used as the first guide
+    axis: int
+    slice_index: int
+    seconds: float
+    stats: PropagationStats = field(default_factory=PropagationStats)
+
+
+def check_volume(volume: Volume) -> None:
+    if volume.array.ndim != 3 or min(volume.shape) < 1:
+        raise InputError(f"expected a 3D image, got shape {volume.array.shape}")
+    check_finite(volume.array, "volume")
+    if float(volume.array.max()) == float(volume.array.min()):
+        raise InputError("image is constant (every voxel has the same value); there is nothing to segment")
+    if min(volume.spacing) <= 0:
+        raise InputError(f"image spacing {volume.spacing} must be positive")
+
+
+class Segmenter:
+    def __init__(self, config: ModelConfig, nets: dict, device: torch.device, manifest: dict | None = None):
+        self.config = config
+        self.box2mask = nets["box2mask"]
+        self.propmask = nets["propmask"]
+        self.device = device
+        self.manifest = manifest or {}
+
+    @classmethod
+    def load(cls, model: str = "lite", device: str = "auto") -> "Segmenter":
+        dev = pick_device(device)
+        if dev.type == "cpu":
+            torch.set_num_threads(cpu_threads())
+        config, manifest, nets = load_bundle(model, str(dev))
+        return cls(config, nets, dev, manifest)
+
+    def segment(
+        self, volume: Volume, prompt: Prompt, options: SegmentOptions = SegmentOptions(),
+        progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+    ) -> SegmentResult:
+        start = time.perf_counter()
+        check_volume(volume)
+        prompt.validate(volume.shape)
+        bounds = None
+        if isinstance(prompt, TwoViewBoxPrompt):
+            x0, y0, z0, x1, y1, z1 = prompt.box3d
+            bounds = (z0, z1)
+            prompt = prompt.axial_prompt()
+        axis = prompt.axis
+        moved = np.moveaxis(volume.array, axis, 0)
+        spacing = (volume.axis_spacing(axis),) + tuple(volume.axis_spacing(a) for a in range(3) if a != axis)
+        plane = np.asarray(moved[prompt.slice_index], dtype=np.float32)
+        if isinstance(prompt, BoxPrompt):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            guide = box_to_mask(self.box2mask, plane, prompt.box, self.config.box2mask.image_size, self.device,
+                                options.window_search, options.box_scale)
+        elif isinstance(prompt, MaskPrompt):
+            guide = np.asarray(prompt.mask) > 0
+        else:
+            raise InputError(f"unknown prompt type {type(prompt).__name__}")
+        mask, stats = propagate(
+            self.propmask, self.config.propmask.image_size, moved, spacing, prompt.slice_index, guide, self.device,
+            options.propagation, bounds=bounds, progress=progress, cancel=cancel,
+        )
+        mask = np.moveaxis(mask, 0, axis)
+        if bounds is not None:  # the two-view box bounds the object in every direction
+            box_only = np.zeros_like(mask)
+            box_only[z0 : z1 + 1, y0 : y1 + 1, x0 : x1 + 1] = 1
+            mask &= box_only
+        return SegmentResult(np.ascontiguousarray(mask), guide, axis, prompt.slice_index, time.perf_counter() - start, stats)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_segmenter(model: str = "lite", device: str = "auto") -> Segmenter:
+    """Load once per (model, device); Slicer keeps the networks between runs this way."""
+    return Segmenter.load(model, device)

@@ -1,0 +1,57 @@
+"""Losses: soft Dice (+BCE) averaged over deep-supervision outputs (PropSAM eq. 1), plus the
+optional presence, boundary (BD) and slice-position (SRPP) objectives."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Dice over each sample's whole stack, so empty target slices still count via their neighbours."""
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    inter = (prob * target).sum(1)
+    return (1 - (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)).mean()
+
+
+def deep_supervision_loss(logits: list[torch.Tensor], target: torch.Tensor, bce: bool) -> torch.Tensor:
+    """logits: full resolution first, each (..., 1, s, s); target (..., 1, S, S) binary."""
+    weights = torch.tensor([0.5**i for i in range(len(logits))])
+    weights = weights / weights.sum()
+    shape = target.shape
+    flat_target = target.reshape(-1, 1, shape[-2], shape[-1])
+    total = logits[0].new_zeros(())
+    for w, logit in zip(weights, logits):
+        logit = logit.reshape(-1, 1, logit.shape[-2], logit.shape[-1])
+        t = flat_target if logit.shape[-1] == shape[-1] else F.adaptive_avg_pool2d(flat_target, logit.shape[-2:])
+        t = (t > 0.5).float() if logit.shape[-1] != shape[-1] else t
+        per = soft_dice_loss(logit.reshape(shape[0], -1), t.reshape(shape[0], -1))
+        if bce:
+            per = per + F.binary_cross_entropy_with_logits(logit, t)
+        total = total + w * per
+    return total
+
+
+def boundary_target(mask: torch.Tensor) -> torch.Tensor:
+    """1 on the mask's inner boundary (mask minus its 3x3 erosion)."""
+    flat = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+    eroded = -F.max_pool2d(-flat, 3, stride=1, padding=1)
+    return (flat - eroded).reshape(mask.shape)
+
+
+def propmask_loss(out: dict, batch: dict, bce: bool = True) -> dict[str, torch.Tensor]:
+    losses = {"mask": deep_supervision_loss(out["masks"], batch["target"], bce)}
+    if "presence" in out:
+        losses["presence"] = 0.5 * F.binary_cross_entropy_with_logits(out["presence"], batch["presence"])
+    if "boundary" in out:
+        target = boundary_target(batch["target"])
+        pos_weight = torch.tensor(4.0, device=target.device)
+        losses["boundary"] = 0.5 * F.binary_cross_entropy_with_logits(out["boundary"], target, pos_weight=pos_weight)
+    if "position" in out:
+        losses["position"] = 0.5 * F.smooth_l1_loss(out["position"], batch["position"])
+    return losses
+
+
+def box2mask_loss(out: dict, batch: dict, bce: bool = True) -> dict[str, torch.Tensor]:
+    return {"mask": deep_supervision_loss(out["masks"], batch["target"], bce)}

@@ -1,0 +1,99 @@
+"""Real volumes and their objects, as listed in data_manifest.json (split by volume)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..io.volume import read_volume
+
+MANIFEST_PATH = Path(__file__).with_name("data_manifest.json")
+MIN_OBJECT_VOXELS = 60
+
+
+@dataclass
+class LabelledObject:
+    """One object of one volume: its bounding box and the mask cropped to it."""
+
+    name: str
+    bbox: tuple[slice, slice, slice]
+    mask: np.ndarray  # bool, shape of bbox
+
+    def full_mask(self, shape: tuple[int, int, int]) -> np.ndarray:
+        out = np.zeros(shape, bool)
+        out[self.bbox] = self.mask
+        return out
+
+
+@dataclass
+class SourceVolume:
+    id: str
+    image: np.ndarray  # (Z, Y, X) float32
+    spacing_zyx: tuple[float, float, float]
+    modality: str
+    weight: float
+    objects: list[LabelledObject] = field(default_factory=list)
+    truth: str = "manual"
+
+
+def objects_from_labels(labels: np.ndarray, spec) -> list[LabelledObject]:
+    labels = labels.astype(np.int32, copy=False)
+    found: list[LabelledObject] = []
+    if spec == "each":
+        for value, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None:
+                continue
+            mask = labels[box] == value
+            if mask.sum() >= MIN_OBJECT_VOXELS:
+                found.append(LabelledObject(f"label_{value}", box, mask))
+        return found
+    for name, ids in spec.items():
+        mask = np.isin(labels, ids)
+        boxes = ndimage.find_objects(mask.astype(np.uint8))
+        if boxes and boxes[0] is not None and mask.sum() >= MIN_OBJECT_VOXELS:
+            found.append(LabelledObject(name, boxes[0], mask[boxes[0]]))
+    return found
+
+
+def _expand(entry: dict, data_dir: Path) -> list[dict]:
+    """A 'glob' entry stands for one volume per matching folder and image name."""
+    if "glob" not in entry:
+        return [entry]
+    out = []
+    for folder in sorted(data_dir.glob(entry["glob"])):
+        for image_name in entry["image_name"]:
+            rel = folder.relative_to(data_dir)
+            out.append({**entry, "id": f"{folder.name}_{image_name.split('_')[0]}",
+                        "image": str(rel / image_name), "labels": str(rel / entry["labels_name"])})
+    return out
+
+
+def load_source(entry: dict, data_dir: Path) -> SourceVolume:
+    if "npz" in entry:
+        data = np.load(data_dir / entry["npz"])
+        image, labels, spacing_zyx = data["vol"].astype(np.float32), data["seg"], (1.0, 1.0, 1.0)
+    else:
+        volume = read_volume(data_dir / entry["image"])
+        label_volume = read_volume(data_dir / entry["labels"])
+        if not volume.same_grid(label_volume, tol=1e-3):
+            raise ValueError(f"{entry['id']}: image and labels are on different grids")
+        image, labels = volume.array.astype(np.float32), np.rint(label_volume.array)
+        spacing_zyx = tuple(volume.spacing[::-1])
+    return SourceVolume(
+        id=entry["id"], image=image, spacing_zyx=spacing_zyx, modality=entry["modality"],
+        weight=float(entry.get("weight", 1.0)), objects=objects_from_labels(labels, entry["objects"]),
+        truth=entry.get("truth", "manual"),
+    )
+
+
+def manifest_entries(data_dir: Path, split: str, manifest_path: Path = MANIFEST_PATH) -> list[dict]:
+    entries = json.loads(manifest_path.read_text())["volumes"]
+    return [e for entry in entries if entry["split"] == split for e in _expand(entry, data_dir)]
+
+
+def load_sources(data_dir: Path, split: str, manifest_path: Path = MANIFEST_PATH) -> list[SourceVolume]:
+    return [load_source(entry, data_dir) for entry in manifest_entries(data_dir, split, manifest_path)]

@@ -1,0 +1,158 @@
+"""Training samples for both networks, drawn from real volumes and phantoms.
+
+A PropMask task is a guiding slice, its mask and K adjacent slices within the propagation
+thickness on one side, cropped by the same square ROI as at inference. A share of guides is
+taken near an object's end so that some targets are empty: that is how stopping is learned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..engine.intensity import apply_window, window_from_values
+from ..engine.roi import Roi, box_roi, crop_to_model, mask_bbox, roi_grid, square_roi
+from .sources import LabelledObject, SourceVolume
+
+MIN_GUIDE_AREA = 16
+
+
+@dataclass
+class TaskOptions:
+    image_size: int = 96
+    adjacent: int = 8
+    thickness_mm: tuple[float, float] = (15.0, 30.0)
+    max_window: int = 16
+    end_fraction: float = 0.3  # guides taken within one window of the object's end
+    context: tuple[float, float] = (1.0, 2.0)
+    box_scale: tuple[float, float] = (1.0, 1.25)
+    augment: bool = True
+
+
+def _planes(volume: np.ndarray, axis: int, indices: np.ndarray) -> np.ndarray:
+    """Slices `indices` along `axis`, as (N, rows, cols) in np.take's in-plane order."""
+    return np.moveaxis(np.take(volume, indices, axis=axis), axis, 0)
+
+
+def _object_planes(obj: LabelledObject, shape, axis: int, indices: np.ndarray) -> np.ndarray:
+    full = np.zeros((len(indices),) + tuple(s for i, s in enumerate(shape) if i != axis), bool)
+    lo, hi = obj.bbox[axis].start, obj.bbox[axis].stop
+    inplane = tuple(b for i, b in enumerate(obj.bbox) if i != axis)
+    for n, idx in enumerate(indices):
+        if lo <= idx < hi:
+            full[(n,) + inplane] = np.take(obj.mask, idx - lo, axis=axis)
+    return full
+
+
+def _augmentation(rng: np.random.Generator, allow_rotation: bool, free_angle: bool) -> dict:
+    aug = {"rotation_deg": 0.0, "flip_rows": False, "flip_cols": False}
+    if rng.random() < 0.5:
+        aug["flip_rows"] = bool(rng.random() < 0.5)
+        aug["flip_cols"] = not aug["flip_rows"] or bool(rng.random() < 0.5)
+    if allow_rotation and rng.random() < 0.5:
+        aug["rotation_deg"] = float(rng.uniform(-45, 45)) if free_angle else float(rng.choice([90, 180, 270]))
+    return aug
+
+
+def _brightness_contrast(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    if rng.random() < 0.5:
+        x = (x - 0.5) * rng.uniform(0.8, 1.2) + 0.5 + rng.uniform(-0.2, 0.2)
+    return x.clamp(0, 1)
+
+
+def _pick_object(sources: list[SourceVolume], rng: np.random.Generator) -> tuple[SourceVolume, LabelledObject]:
+    weights = np.array([s.weight for s in sources], float)
+    source = sources[rng.choice(len(sources), p=weights / weights.sum())]
+    return source, source.objects[rng.integers(len(source.objects))]
+
+
+def _slice_areas(obj: LabelledObject, axis: int, length: int) -> np.ndarray:
+    areas = np.zeros(length, np.int64)
+    other = tuple(i for i in range(3) if i != axis)
+    areas[obj.bbox[axis]] = obj.mask.sum(axis=other)
+    return areas
+
+
+def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, opt: TaskOptions) -> dict:
+    for _ in range(50):
+        source, obj = _pick_object(sources, rng)
+        axis = int(rng.integers(3))
+        length = source.image.shape[axis]
+        areas = _slice_areas(obj, axis, length)
+        valid = np.flatnonzero(areas >= MIN_GUIDE_AREA)
+        if valid.size:
+            break
+    else:
+        raise RuntimeError("no object with a usable guiding slice")
+    spacing = source.spacing_zyx[axis]
+    window = int(np.clip(round(rng.uniform(*opt.thickness_mm) / spacing), 1, opt.max_window))
+    direction = int(rng.choice([-1, 1]))
+    if rng.random() < opt.end_fraction:
+        end = valid[-1] if direction > 0 else valid[0]
+        near = valid[np.abs(valid - end) < window]
+        guide = int(rng.choice(near))
+    else:
+        guide = int(rng.choice(valid))
+    offsets = np.arange(1, window + 1)
+    inside = offsets[(guide + direction * offsets >= 0) & (guide + direction * offsets < length)]
+    if inside.size == 0:
+        direction = -direction
+        inside = offsets[(guide + direction * offsets >= 0) & (guide + direction * offsets < length)]
+    chosen = np.sort(rng.choice(inside, size=opt.adjacent, replace=inside.size < opt.adjacent))
+    indices = np.concatenate([[guide], guide + direction * chosen])
+
+    images = _planes(source.image, axis, indices)
+    masks = _object_planes(obj, source.image.shape, axis, indices)
+    spacing_rc = tuple(s for i, s in enumerate(source.spacing_zyx) if i != axis)
+    roi = square_roi(masks[0], spacing_rc, float(rng.uniform(*opt.context)))
+    jitter = rng.uniform(-0.1, 0.1, 2)
+    roi = Roi(roi.centre_row + jitter[0] * roi.half_rows, roi.centre_col + jitter[1] * roi.half_cols, roi.half_rows, roi.half_cols)
+    aug = _augmentation(rng, opt.augment, free_angle=True) if opt.augment else {}
+    grid = roi_grid(roi, opt.image_size, images.shape[1:], **aug)
+    lo, hi = window_from_values(images[0][masks[0]], rng.uniform(0, 2), rng.uniform(98, 100))
+    x = crop_to_model(apply_window(torch.from_numpy(images), lo, hi), grid)
+    if opt.augment:
+        x = _brightness_contrast(x, rng)
+    y = (crop_to_model(torch.from_numpy(masks.astype(np.float32)), grid) > 0.5).float()
+    present = torch.from_numpy(areas[indices[1:]] > 0).float()
+    return {
+        "guide_image": x[:1], "guide_mask": y[:1], "adjacent": x[1:, None], "target": y[1:, None],
+        "presence": present, "position": torch.from_numpy(direction * chosen / window).float(),
+    }
+
+
+def sample_box2mask(sources: list[SourceVolume], rng: np.random.Generator, opt: TaskOptions) -> dict:
+    for _ in range(50):
+        source, obj = _pick_object(sources, rng)
+        axis = int(rng.integers(3))
+        areas = _slice_areas(obj, axis, source.image.shape[axis])
+        valid = np.flatnonzero(areas >= MIN_GUIDE_AREA)
+        if valid.size:
+            break
+    else:
+        raise RuntimeError("no object with a usable slice")
+    index = np.array([int(rng.choice(valid))])
+    image = _planes(source.image, axis, index)[0]
+    mask = _object_planes(obj, source.image.shape, axis, index)[0]
+    r0, c0, r1, c1 = mask_bbox(mask)
+    roi = box_roi((c0, r0, c1, r1), float(rng.uniform(*opt.box_scale)))
+    shift = rng.uniform(-0.05, 0.05, 2)
+    roi = Roi(roi.centre_row + shift[0] * roi.half_rows, roi.centre_col + shift[1] * roi.half_cols, roi.half_rows, roi.half_cols)
+    if rng.random() < 0.5:  # the first-pass search window, else the refined foreground window
+        br0, br1, bc0, bc1 = roi.bounds(image.shape)
+        lo, hi = window_from_values(image[br0:br1, bc0:bc1], rng.uniform(5, 40), rng.uniform(90, 95))
+    else:
+        lo, hi = window_from_values(image[mask], 0.5, 99.5)
+    aug = _augmentation(rng, opt.augment, free_angle=False) if opt.augment else {}
+    grid = roi_grid(roi, opt.image_size, image.shape, **aug)
+    x = crop_to_model(apply_window(torch.from_numpy(image[None]), lo, hi), grid)
+    if opt.augment:
+        x = _brightness_contrast(x, rng)
+    y = (crop_to_model(torch.from_numpy(mask[None].astype(np.float32)), grid) > 0.5).float()
+    return {"image": x, "target": y}
+
+
+def collate(samples: list[dict]) -> dict:
+    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}

@@ -1,0 +1,204 @@
+"""Training entry point for Box2Mask or PropMask: one process on CPU, or DDP under torchrun.
+
+Checkpoints (model, optimizer, schedule, step, RNG) are written atomically every few steps and
+the run resumes from its folder's checkpoint; fp16 weights for the engine are exported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..config import NetworkConfig, named_config
+from ..io.atomic import atomic_path
+from ..modeling import build_network
+from ..weights import save_network
+from .losses import box2mask_loss, propmask_loss
+from .phantom_sources import PhantomPool
+from .sources import load_sources
+from .tasks import TaskOptions, collate, sample_box2mask, sample_propmask_task
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str
+    network: str = "propmask"  # or "box2mask"
+    model: str = "lite"  # named configuration the network comes from
+    network_overrides: dict = field(default_factory=dict)  # e.g. {"boundary_head": true}
+    steps: int = 4000
+    batch_size: int = 4  # tasks (PropMask) or crops (Box2Mask) per process and step
+    adjacent: int = 8
+    lr: float = 5e-4
+    lr_min: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    bce: bool = True
+    seed: int = 0
+    data_dir: str = ""  # default: ../shared/data beside the repository
+    phantom_pool: int = 48
+    phantom_weight: float = 1.2  # sampling weight of each phantom volume
+    phantom_refresh_every: int = 100
+    checkpoint_every: int = 100
+    log_every: int = 20
+    threads: int = 0  # 0: torch default
+    max_minutes: float = 0  # stop (with a checkpoint) after this long; 0: no limit
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
+        data = json.loads(Path(path).read_text())
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def network_config(self) -> NetworkConfig:
+        base = getattr(named_config(self.model), self.network)
+        return replace(base, **self.network_overrides).validate()
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("PROPSAM_DATA_DIR", Path(__file__).resolve().parents[3].parent / "shared" / "data"))
+
+
+def cosine_lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.net_config = cfg.network_config()
+        torch.manual_seed(cfg.seed)
+        self.net = build_network(self.net_config).to(self.device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.tasks_seen = 0
+        self.rng = np.random.default_rng([cfg.seed, self.rank])
+        self._resume()
+        self.model = (
+            torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
+            if self.distributed else self.net
+        )
+        data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
+        self.real = load_sources(data_dir, "train") if data_dir.exists() else []
+        self.pool = PhantomPool(cfg.phantom_pool, first_seed=10_000 * (self.rank + 1) + self.step, weight=cfg.phantom_weight)
+        self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _resume(self) -> None:
+        if not self.checkpoint_path.exists():
+            return
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        if state["network_config"] != self.net_config.to_dict():
+            raise RuntimeError(f"{self.checkpoint_path} belongs to another network configuration")
+        self.net.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.tasks_seen = state["step"], state["tasks_seen"]
+        self.rng.bit_generator.state = state["rng"][self.rank] if self.rank < len(state["rng"]) else self.rng.bit_generator.state
+        torch.set_rng_state(state["torch_rng"])
+
+    def _save(self) -> None:
+        rngs = [self.rng.bit_generator.state]
+        if self.distributed:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, self.rng.bit_generator.state)
+            rngs = gathered
+        if self.rank != 0:
+            return
+        state = {
+            "model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
+            "tasks_seen": self.tasks_seen, "rng": rngs, "torch_rng": torch.get_rng_state(),
+            "network_config": self.net_config.to_dict(), "train_config": asdict(self.cfg),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+        save_network(self.net, self.net_config, self.out / f"{self.cfg.network}.pt")
+
+    def _batch(self) -> dict:
+        sources = self.real + self.pool.sources
+        sample = sample_propmask_task if self.cfg.network == "propmask" else sample_box2mask
+        batch = collate([sample(sources, self.rng, self.options) for _ in range(self.cfg.batch_size)])
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _forward(self, batch: dict) -> dict:
+        if self.cfg.network == "propmask":
+            out = self.model(batch["guide_image"], batch["guide_mask"], batch["adjacent"])
+            return propmask_loss(out, batch, self.cfg.bce)
+        return box2mask_loss(self.model(batch["image"]), batch, self.cfg.bce)
+
+    def log(self, record: dict) -> None:
+        if self.rank == 0:
+            print(json.dumps(record), flush=True)
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run(self) -> None:
+        cfg = self.cfg
+        start = time.time()
+        window_start, window_tasks, data_time = time.time(), 0, 0.0
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        self.net.train()
+        while self.step < cfg.steps:
+            for group in self.opt.param_groups:
+                group["lr"] = cosine_lr(self.step, cfg)
+            t0 = time.time()
+            batch = self._batch()
+            data_time += time.time() - t0
+            with autocast:
+                losses = self._forward(batch)
+            loss = sum(losses.values())
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), 12.0)
+            self.opt.step()
+            self.step += 1
+            self.tasks_seen += cfg.batch_size * self.world
+            window_tasks += cfg.batch_size * self.world
+            if self.step % cfg.phantom_refresh_every == 0:
+                self.pool.refresh(2, self.rng)
+            if self.step % cfg.log_every == 0:
+                elapsed = time.time() - window_start
+                self.log({"step": self.step, "tasks_seen": self.tasks_seen, "lr": round(group["lr"], 7),
+                          **{k: round(float(v.detach()), 4) for k, v in losses.items()},
+                          "tasks_per_s": round(window_tasks / elapsed, 2), "data_share": round(data_time / elapsed, 3)})
+                window_start, window_tasks, data_time = time.time(), 0, 0.0
+            out_of_time = cfg.max_minutes and time.time() - start > cfg.max_minutes * 60
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or out_of_time:
+                self._save()
+            if out_of_time:
+                self.log({"stopped": "max_minutes", "step": self.step})
+                break
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig) -> Path:
+    Trainer(cfg).run()
+    return Path(cfg.out_dir) / f"{cfg.network}.pt"

@@ -1,0 +1,36 @@
+"""Test doubles with the networks' interfaces whose answers are known exactly.
+
+ThresholdPropMask marks every windowed voxel above a level as object, so on a bright phantom on
+a dark background the engine's own work (ROI crop and paste-back, both directions, stopping,
+axis handling, geometry) can be checked against the true shape.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ThresholdPropMask(nn.Module):
+    def __init__(self, level: float = 0.02, with_presence: bool = True):
+        super().__init__()
+        self.level = level
+        self.with_presence = with_presence
+        self.calls = 0
+
+    def forward(self, guide_image, guide_mask, adjacent):
+        self.calls += 1
+        logits = 40 * (adjacent - self.level)
+        out = {"masks": [logits]}
+        if self.with_presence:
+            out["presence"] = torch.where((adjacent > self.level).flatten(2).any(2), 5.0, -5.0)
+        return out
+
+
+class ThresholdBox2Mask(nn.Module):
+    def __init__(self, level: float = 0.3):
+        super().__init__()
+        self.level = level
+
+    def forward(self, image):
+        return {"masks": [40 * (image - self.level)]}
