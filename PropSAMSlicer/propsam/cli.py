@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = [
     "propsam.engine.cli",
     "propsam.training.cli",
     "propsam.dicom.cli", "propsam.study.cli",
+    "propsam.evaluation.cli",
 ]
 
 

@@ -16,6 +16,15 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
     p.set_defaults(func=run)
 
+    b = subparsers.add_parser("bundle", help="write trained Box2Mask + PropMask weights as a model folder with manifest")
+    b.add_argument("--name", default="lite")
+    b.add_argument("--box2mask", required=True, help="fp16 weights written by `propsam train` (run folder/box2mask.pt)")
+    b.add_argument("--propmask", required=True, help="run folder/propmask.pt")
+    b.add_argument("--out-dir", required=True, help="e.g. PropSAMSlicer/Resources/Models/lite")
+    b.add_argument("--data-list", default="PropSAMSlicer/propsam/training/data_manifest.json",
+                   help="recorded in the manifest as the training data list")
+    b.set_defaults(func=run_bundle)
+
 
 def run(args) -> int:
     from .train import TrainConfig, train
@@ -25,4 +34,13 @@ def run(args) -> int:
     cfg = TrainConfig.from_file(args.config, out_dir=args.out_dir, steps=args.steps, max_minutes=args.max_minutes, data_dir=args.data_dir)
     weights = train(cfg)
     print(f"weights: {weights}")
+    return 0
+
+
+def run_bundle(args) -> int:
+    from .bundle import make_bundle
+
+    manifest = make_bundle(args.name, {"box2mask": Path(args.box2mask), "propmask": Path(args.propmask)}, Path(args.out_dir),
+                           {"training_data": {"manifest": args.data_list, "split": "train", "phantoms": "procedural, seeded"}})
+    print(f"bundle: {manifest}")
     return 0

@@ -17,12 +17,19 @@ def phantom_source(seed: int, weight: float) -> SourceVolume:
 
 
 class PhantomPool:
-    """Keeps `size` phantoms; `refresh` swaps a few for new seeds so the mix keeps changing."""
+    """Keeps `size` phantoms; `refresh` swaps a few for new seeds so the mix keeps changing.
 
-    def __init__(self, size: int, first_seed: int, weight: float):
+    Its state (the seeds in the pool and the next seed) is small, so a checkpoint stores it and a
+    resumed run rebuilds exactly the same pool.
+    """
+
+    def __init__(self, size: int, first_seed: int, weight: float, state: dict | None = None):
         self.weight = weight
         self.next_seed = first_seed
-        self.sources = []
+        self.sources: list[SourceVolume] = []
+        if state is not None:
+            self.sources = [phantom_source(seed, weight) for seed in state["seeds"]]
+            self.next_seed = state["next_seed"]
         while len(self.sources) < size:
             self._add()
 
@@ -36,3 +43,6 @@ class PhantomPool:
         for _ in range(count):
             self.sources.pop(int(rng.integers(len(self.sources))))
             self._add()
+
+    def state(self) -> dict:
+        return {"seeds": [int(s.id.split("_")[1]) for s in self.sources], "next_seed": self.next_seed}

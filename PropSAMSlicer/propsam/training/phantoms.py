@@ -58,7 +58,8 @@ def _ellipsoid_field(grid: _Grid, centre, radii, rotation, deform: np.ndarray | 
     v = (r[1, 0] * dz + r[1, 1] * dy + r[1, 2] * dx) / radii[1]
     w = (r[2, 0] * dz + r[2, 1] * dy + r[2, 2] * dx) / radii[2]
     field = u**2 + v**2 + w**2
-    return field if deform is None else field * (1 + deform)
+    # exp keeps the scaling positive: a factor near 0 would plant "inside" voxels far away
+    return field if deform is None else field * np.exp(deform)
 
 
 def _object_mask(kind: str, grid: _Grid, rng: np.random.Generator, centre: np.ndarray, size_mm: float) -> np.ndarray:

@@ -44,11 +44,12 @@ class TrainConfig:
     seed: int = 0
     data_dir: str = ""  # default: ../shared/data beside the repository
     phantom_pool: int = 48
-    phantom_weight: float = 1.2  # sampling weight of each phantom volume
+    phantom_weight: float = 0.5  # sampling weight of each phantom volume (real volumes: 0.7-3, see data manifest)
     phantom_refresh_every: int = 100
     checkpoint_every: int = 100
     log_every: int = 20
     threads: int = 0  # 0: torch default
+    cpu_bf16: bool = False  # bf16 autocast on CPU: ~1.5x faster steps where the CPU has avx512_bf16/AMX
     max_minutes: float = 0  # stop (with a checkpoint) after this long; 0: no limit
 
     @classmethod
@@ -97,6 +98,7 @@ class Trainer:
         self.step = 0
         self.tasks_seen = 0
         self.rng = np.random.default_rng([cfg.seed, self.rank])
+        self.pool_state = None
         self._resume()
         self.model = (
             torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -104,7 +106,8 @@ class Trainer:
         )
         data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
         self.real = load_sources(data_dir, "train") if data_dir.exists() else []
-        self.pool = PhantomPool(cfg.phantom_pool, first_seed=10_000 * (self.rank + 1) + self.step, weight=cfg.phantom_weight)
+        self.pool = PhantomPool(cfg.phantom_pool, first_seed=1_000_000 * (self.rank + 1), weight=cfg.phantom_weight,
+                                state=self.pool_state)
         self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent)
 
     @property
@@ -120,20 +123,22 @@ class Trainer:
         self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.tasks_seen = state["step"], state["tasks_seen"]
-        self.rng.bit_generator.state = state["rng"][self.rank] if self.rank < len(state["rng"]) else self.rng.bit_generator.state
+        if self.rank < len(state["rng"]):
+            self.rng.bit_generator.state = state["rng"][self.rank]
+            self.pool_state = state.get("pools", [None] * (self.rank + 1))[self.rank]  # older checkpoints: new pool
         torch.set_rng_state(state["torch_rng"])
 
     def _save(self) -> None:
-        rngs = [self.rng.bit_generator.state]
+        rngs, pools = [self.rng.bit_generator.state], [self.pool.state()]
         if self.distributed:
-            gathered = [None] * self.world
-            dist.all_gather_object(gathered, self.rng.bit_generator.state)
-            rngs = gathered
+            rngs, pools = [None] * self.world, [None] * self.world
+            dist.all_gather_object(rngs, self.rng.bit_generator.state)
+            dist.all_gather_object(pools, self.pool.state())
         if self.rank != 0:
             return
         state = {
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
-            "tasks_seen": self.tasks_seen, "rng": rngs, "torch_rng": torch.get_rng_state(),
+            "tasks_seen": self.tasks_seen, "rng": rngs, "pools": pools, "torch_rng": torch.get_rng_state(),
             "network_config": self.net_config.to_dict(), "train_config": asdict(self.cfg),
         }
         with atomic_path(self.checkpoint_path) as tmp:
@@ -146,11 +151,16 @@ class Trainer:
         batch = collate([sample(sources, self.rng, self.options) for _ in range(self.cfg.batch_size)])
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _forward(self, batch: dict) -> dict:
-        if self.cfg.network == "propmask":
-            out = self.model(batch["guide_image"], batch["guide_mask"], batch["adjacent"])
-            return propmask_loss(out, batch, self.cfg.bce)
-        return box2mask_loss(self.model(batch["image"]), batch, self.cfg.bce)
+    def _forward(self, batch: dict, autocast) -> dict:
+        """Network under autocast; losses in fp32 (bf16 sums over whole stacks lose precision)."""
+        with autocast:
+            if self.cfg.network == "propmask":
+                out = self.model(batch["guide_image"], batch["guide_mask"], batch["adjacent"])
+            else:
+                out = self.model(batch["image"])
+        out = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in out.items()}
+        loss_fn = propmask_loss if self.cfg.network == "propmask" else box2mask_loss
+        return loss_fn(out, batch, self.cfg.bce)
 
     def log(self, record: dict) -> None:
         if self.rank == 0:
@@ -162,7 +172,8 @@ class Trainer:
         cfg = self.cfg
         start = time.time()
         window_start, window_tasks, data_time = time.time(), 0, 0.0
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                  enabled=self.device.type == "cuda" or cfg.cpu_bf16)
         self.net.train()
         while self.step < cfg.steps:
             for group in self.opt.param_groups:
@@ -170,8 +181,7 @@ class Trainer:
             t0 = time.time()
             batch = self._batch()
             data_time += time.time() - t0
-            with autocast:
-                losses = self._forward(batch)
+            losses = self._forward(batch, autocast)
             loss = sum(losses.values())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,78 @@
+"""`propsam evaluate`: PropSAM and baselines on the evaluation split (and phantoms), side by side."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="Dice/HD95/ASD/extent of PropSAM and baselines on the eval split; CSV, markdown, PNG",
+    )
+    p.add_argument("--out-dir", required=True, help="folder for results.csv, summary.md and dice.png (created)")
+    p.add_argument("--model", default="lite", help="lite, or a model folder / manifest.json")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--datasets", help="comma-separated: the eval split's datasets and/or 'phantom' (default: all)")
+    p.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
+    p.add_argument("--phantoms", type=int, default=0, help="also evaluate the objects of N seeded phantoms")
+    p.add_argument("--robustness", action="store_true",
+                   help="also move the prompt slice by ±5/10/15/20 %% of the object's extent, and sweep "
+                        "propsam-mask's propagation thickness over 10/20/30/40 mm")
+    p.add_argument("--max-objects", type=int, help="stop after this many objects (a quick look)")
+    p.add_argument("--data-dir", help="shared data folder (default ../shared/data or $PROPSAM_DATA_DIR)")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.set_defaults(func=run)
+
+
+def choose(text: str | None, known: list[str], what: str) -> list[str]:
+    if text is None:
+        return list(known)
+    chosen = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in known]
+    if unknown or not chosen:
+        raise InputError(f"unknown {what} {', '.join(unknown) or repr(text)}; choose from {', '.join(known)}")
+    return chosen
+
+
+def run(args) -> int:
+    from ..io.atomic import check_writable
+    from ..training.train import default_data_dir
+    from .harness import METHODS, MODEL_FREE, OUTPUTS, markdown_summary, run_evaluation
+    from .objects import PHANTOM_DATASET, eval_datasets, iter_eval_objects
+
+    if args.phantoms < 0 or (args.max_objects is not None and args.max_objects < 1):
+        raise InputError("--phantoms must be >= 0 and --max-objects >= 1")
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    real = eval_datasets(data_dir)
+    datasets = choose(args.datasets, real + [PHANTOM_DATASET], "dataset")
+    if args.datasets is None and not args.phantoms:
+        datasets.remove(PHANTOM_DATASET)
+    if PHANTOM_DATASET in datasets and not args.phantoms:
+        raise InputError("dataset 'phantom' needs --phantoms N (how many phantoms)")
+    real_chosen = [d for d in datasets if d != PHANTOM_DATASET]
+    if real_chosen and not data_dir.is_dir():
+        raise InputError(f"data folder {data_dir} does not exist; pass --data-dir or set PROPSAM_DATA_DIR "
+                         f"(or evaluate phantoms only: --datasets phantom --phantoms N)")
+    methods = choose(args.methods, list(METHODS), "method")
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out-dir {out_dir} is a file, expected a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:
+        check_writable(out_dir / name, args.force)
+
+    segmenter = None
+    if any(m not in MODEL_FREE for m in methods):
+        from ..engine.segmenter import Segmenter
+
+        segmenter = Segmenter.load(args.model, args.device)
+    start = time.perf_counter()
+    objects = iter_eval_objects(data_dir, real_chosen, args.phantoms if PHANTOM_DATASET in datasets else 0)
+    rows = run_evaluation(objects, segmenter, out_dir, methods, args.robustness, args.max_objects)
+    print(markdown_summary(rows))
+    print(f"{len({(r['volume'], r['object']) for r in rows})} object(s), {len(rows)} rows in "
+          f"{time.perf_counter() - start:.0f} s; wrote {', '.join(str(out_dir / n) for n in OUTPUTS)}")
+    return 0

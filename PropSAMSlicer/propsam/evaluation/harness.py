@@ -1,0 +1,214 @@
+"""Run PropSAM and the baselines side by side on evaluation objects; write CSV, markdown and a figure.
+
+One CSV row per object x method x setting. Extent errors are signed slices at each end of the
+object along axis 0: positive = the prediction runs past the true end, negative = stops short.
+Means in the markdown use headline objects only (>= 5 slices); HD95/ASD means skip empty
+predictions, which are counted as failures instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, TextIO
+
+import numpy as np
+from scipy import ndimage
+
+from ..engine.prompts import BoxPrompt, MaskPrompt
+from ..engine.propagation import PropagationOptions
+from ..engine.segmenter import SegmentOptions
+from ..errors import InputError
+from ..io.atomic import atomic_path
+from .baselines import box2mask_chain, box_guide, copy_baseline, registration_baseline
+from .descriptors import describe
+from .metrics import average_surface_distance, dice, hd95, slice_extent
+from .objects import EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
+
+METHODS = ("propsam-box", "propsam-box-jitter", "propsam-mask", "copy", "registration", "box2mask-chain")
+MODEL_FREE = ("copy", "registration")
+SLICE_SHIFTS = (-0.20, -0.15, -0.10, -0.05, 0.05, 0.10, 0.15, 0.20)  # of the object's extent
+THICKNESSES_MM = (10.0, 20.0, 30.0, 40.0)  # propsam-mask only
+DEFAULT = "default"
+OUTPUTS = ("results.csv", "summary.md", "dice.png")
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    setting: str
+    prompts: Prompts
+    thickness_mm: float = PropagationOptions().thickness_mm
+
+
+def plan_runs(obj: EvalObject, methods: Iterable[str], robustness: bool) -> list[Run]:
+    methods = [m for m in METHODS if m in methods]
+    runs = [Run(m, DEFAULT, obj.prompts) for m in methods]
+    if not robustness:
+        return runs
+    home = obj.prompts.slice_index
+    for shift in SLICE_SHIFTS:
+        index = nearest_filled_slice(obj.truth, home + round(shift * obj.slices))
+        prompts = prompts_on(obj.truth, index, seed_of(obj.volume_id, obj.name, shift))
+        runs += [Run(m, f"slice{100 * shift:+.0f}%", prompts) for m in methods]
+    if "propsam-mask" in methods:
+        runs += [Run("propsam-mask", f"thickness{t:g}mm", obj.prompts, t) for t in THICKNESSES_MM]
+    return runs
+
+
+def predict(run: Run, obj: EvalObject, segmenter) -> np.ndarray:
+    p, volume = run.prompts, obj.volume
+    if run.method == "copy":
+        return copy_baseline(volume, p.slice_index, p.mask)
+    if run.method == "registration":
+        return registration_baseline(volume, p.slice_index, p.mask)
+    if run.method == "box2mask-chain":
+        return box2mask_chain(volume, p.slice_index, box_guide(segmenter, volume.array[p.slice_index], p.box), segmenter)
+    prompt = {
+        "propsam-box": lambda: BoxPrompt(p.slice_index, p.box),
+        "propsam-box-jitter": lambda: BoxPrompt(p.slice_index, p.jittered_box),
+        "propsam-mask": lambda: MaskPrompt(p.slice_index, p.mask),
+    }[run.method]()
+    options = SegmentOptions(propagation=PropagationOptions(thickness_mm=run.thickness_mm))
+    return segmenter.segment(volume, prompt, options).mask
+
+
+def _cropped_pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to their joint box: the same surface distances for far less work (the metrics
+    treat outside the array as background, and outside the joint box is background too)."""
+    box = ndimage.find_objects(((prediction > 0) | (truth > 0)).astype(np.uint8))[0]
+    return prediction[box], truth[box]
+
+
+def score(run: Run, obj: EvalObject, prediction: np.ndarray, seconds: float, error: str = "") -> dict:
+    spacing = tuple(obj.volume.axis_spacing(a) for a in range(3))
+    pred, truth = _cropped_pair(prediction, obj.truth)
+    got = slice_extent(prediction)
+    first, last = obj.extent
+    return {
+        "dataset": obj.dataset, "volume": obj.volume_id, "object": obj.name, "headline": obj.headline,
+        "true_slices": obj.slices, "method": run.method, "setting": run.setting, "prompt_slice": run.prompts.slice_index,
+        "thickness_mm": run.thickness_mm if run.method.startswith("propsam") else "",
+        "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, spacing), "asd_mm": average_surface_distance(pred, truth, spacing),
+        "seconds": round(seconds, 3), "pred_slices": int((prediction > 0).reshape(prediction.shape[0], -1).any(1).sum()),
+        "true_first": first, "true_last": last,
+        "pred_first": got[0] if got else "", "pred_last": got[1] if got else "",
+        "over_lower": first - got[0] if got else "", "over_upper": got[1] - last if got else "",
+        "error": error,
+    }
+
+
+def evaluate_object(obj: EvalObject, segmenter, methods: Iterable[str], robustness: bool = False) -> list[dict]:
+    shape = {k: round(v, 4) for k, v in asdict(describe(obj.truth, tuple(obj.volume.axis_spacing(a) for a in range(3)))).items()}
+    rows = []
+    for run in plan_runs(obj, methods, robustness):
+        start = time.perf_counter()
+        try:
+            prediction, error = predict(run, obj, segmenter), ""
+        except InputError as exc:  # e.g. Box2Mask finds nothing in the box: a failed case, not a crash
+            prediction, error = np.zeros_like(obj.truth), str(exc)
+        rows.append({**score(run, obj, prediction, time.perf_counter() - start, error), **shape})
+    return rows
+
+
+def _mean_sd(values: list[float], digits: int) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    return f"{np.mean(finite):.{digits}f} ± {np.std(finite):.{digits}f}" if finite else "-"
+
+
+def _median(values) -> str:
+    values = [v for v in values if v != ""]
+    return f"{np.median(values):+.1f}" if values else "-"
+
+
+def markdown_summary(rows: list[dict]) -> str:
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        objects = {(r["volume"], r["object"]): r["headline"] for r in mine}
+        thin = sum(not h for h in objects.values())
+        out.append(f"### {dataset}: {len(objects) - thin} object(s)" + (f" ({thin} under 5 slices left out)" if thin else ""))
+        out.append("")
+        out.append("| method | setting | n | Dice | HD95 (mm) | ASD (mm) | failed | lower end (slices) | upper end (slices) | s / object |")
+        out.append("|---|---|---:|---|---|---|---:|---:|---:|---:|")
+        used = [r for r in mine if r["headline"]]
+        for method, setting in dict.fromkeys((r["method"], r["setting"]) for r in used):
+            group = [r for r in used if r["method"] == method and r["setting"] == setting]
+            failed = sum(not math.isfinite(r["hd95_mm"]) for r in group)
+            out.append(
+                f"| {method} | {setting} | {len(group)} | {_mean_sd([r['dice'] for r in group], 3)} | "
+                f"{_mean_sd([r['hd95_mm'] for r in group], 1)} | {_mean_sd([r['asd_mm'] for r in group], 1)} | {failed} | "
+                f"{_median([r['over_lower'] for r in group])} | {_median([r['over_upper'] for r in group])} | "
+                f"{np.mean([r['seconds'] for r in group]):.2f} |"
+            )
+        out.append("")
+    out.append("Ends: median signed extent error in slices (+ runs past the true end, - stops short).")
+    return "\n".join(out) + "\n"
+
+
+def csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def write_figure(rows: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no global backend inside Slicer's process
+
+    used = [r for r in rows if r["headline"] and r["setting"] == DEFAULT]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig = Figure(figsize=(max(4.0, 3.2 * len(datasets)), 4), dpi=120)
+    axes = np.atleast_1d(fig.subplots(1, len(datasets), sharey=True, squeeze=False)[0])
+    rng = np.random.default_rng(0)  # strip jitter: the same picture every run
+    for ax, dataset in zip(axes, datasets):
+        methods = list(dict.fromkeys(r["method"] for r in used if r["dataset"] == dataset))
+        values = [[r["dice"] for r in used if r["dataset"] == dataset and r["method"] == m] for m in methods]
+        if methods:
+            ax.boxplot(values, widths=0.6, showfliers=False)
+            for i, (m, v) in enumerate(zip(methods, values), start=1):
+                ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=10, alpha=0.7, zorder=3, color=f"C{METHODS.index(m)}")
+            ax.set_xticks(range(1, len(methods) + 1), methods, rotation=40, ha="right", fontsize=7)
+        ax.set_title(dataset, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("Dice")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def write_outputs(rows: list[dict], out_dir: Path) -> list[Path]:
+    if not rows:
+        raise InputError("no evaluation object was found: nothing to write")
+    paths = [out_dir / name for name in OUTPUTS]
+    for path, text in zip(paths, (csv_text(rows), markdown_summary(rows))):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    write_figure(rows, paths[2])
+    return paths
+
+
+def run_evaluation(objects: Iterable[EvalObject], segmenter, out_dir: Path, methods: Iterable[str] = METHODS,
+                   robustness: bool = False, max_objects: int | None = None, log: TextIO | None = None) -> list[dict]:
+    """Evaluate each object in turn (a progress line per object on `log`), then write OUTPUTS to out_dir."""
+    methods = tuple(methods)
+    rows: list[dict] = []
+    for i, obj in enumerate(itertools.islice(objects, max_objects), start=1):
+        start = time.perf_counter()
+        mine = evaluate_object(obj, segmenter, methods, robustness)
+        rows += mine
+        dices = ", ".join(f"{r['method']} {r['dice']:.3f}" for r in mine if r["setting"] == DEFAULT)
+        flag = "" if obj.headline else ", thin: not in the means"
+        print(f"[{i}] {obj.key} ({obj.slices} slices{flag}): Dice {dices} ({time.perf_counter() - start:.1f} s)",
+              file=log or sys.stderr, flush=True)
+    write_outputs(rows, Path(out_dir))
+    return rows
