@@ -1,0 +1,16 @@
+"""Qt-free back end of the PropSAMSlicer module: MRML nodes <-> the propsam engine.
+
+Everything here takes the scene and nodes as arguments and never touches widgets, so it runs
+headless on the MRML classes of the slicer-core package as well as inside Slicer.
+"""
+
+from .logic import PropSAMLogic, RunResult, SegmentRequest, model_is_loaded
+from .prompts import (
+    box_prompt_from_roi, constrain_roi_to_slice, mask_prompt_from_array, two_view_prompt_from_roi, view_axis,
+)
+from .worker import SegmentationJob
+
+__all__ = [
+    "PropSAMLogic", "RunResult", "SegmentRequest", "SegmentationJob", "box_prompt_from_roi", "constrain_roi_to_slice",
+    "mask_prompt_from_array", "model_is_loaded", "two_view_prompt_from_roi", "view_axis",
+]
