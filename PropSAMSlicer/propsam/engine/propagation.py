@@ -127,7 +127,7 @@ def propagate(
         result[t] = (total / counts[t]) > 0.5
     result[guide_index] = guide_mask
     if options.keep_connected:
-        result = _components_touching(result, guide_index, guide_mask)
+        result = keep_components_touching(result, guide_index, guide_mask)
     filled = np.flatnonzero(result.reshape(depth, -1).any(axis=1))
     stats.extent = (int(filled[0]), int(filled[-1]))
     return result, stats
@@ -157,7 +157,7 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
     return probs, presence, rois
 
 
-def _components_touching(mask: np.ndarray, guide_index: int, guide_mask: np.ndarray) -> np.ndarray:
+def keep_components_touching(mask: np.ndarray, guide_index: int, guide_mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return mask

@@ -20,6 +20,7 @@ from ..weights import load_bundle
 from .box2mask_predictor import WindowSearch, box_to_mask
 from .control import CancelToken, ProgressCallback
 from .device import cpu_threads, pick_device
+from .orientation import canonical_flips, flip_array, flip_plane, flip_prompt
 from .prompts import BoxPrompt, MaskPrompt, Prompt, TwoViewBoxPrompt
 from .propagation import PropagationOptions, PropagationStats, propagate
 
@@ -60,10 +61,11 @@ class Segmenter:
         self.manifest = manifest or {}
 
     @classmethod
-    def load(cls, model: str = "lite", device: str = "auto") -> "Segmenter":
+    def load(cls, model: str = "lite", device: str = "auto", threads: int | None = None) -> "Segmenter":
+        """threads: CPU threads for torch (default: all usable cores; Slicer may keep one for its GUI)."""
         dev = pick_device(device)
         if dev.type == "cpu":
-            torch.set_num_threads(cpu_threads())
+            torch.set_num_threads(threads or cpu_threads())
         config, manifest, nets = load_bundle(model, str(dev))
         return cls(config, nets, dev, manifest)
 
@@ -74,14 +76,29 @@ class Segmenter:
         start = time.perf_counter()
         check_volume(volume)
         prompt.validate(volume.shape)
+        flips = canonical_flips(volume.direction)
+        result = self._segment_canonical(flip_array(volume.array, flips), volume.spacing,
+                                         flip_prompt(prompt, flips, volume.shape), options, progress, cancel)
+        result.mask = np.ascontiguousarray(flip_array(result.mask, flips))
+        result.prompt_mask = np.ascontiguousarray(flip_plane(result.prompt_mask, result.axis, flips))
+        if flips[result.axis]:
+            last = volume.shape[result.axis] - 1
+            result.slice_index = last - result.slice_index
+            result.stats.extent = (last - result.stats.extent[1], last - result.stats.extent[0])
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _segment_canonical(self, array: np.ndarray, spacing_xyz, prompt: Prompt, options: SegmentOptions,
+                           progress: ProgressCallback | None, cancel: CancelToken | None) -> SegmentResult:
         bounds = None
         if isinstance(prompt, TwoViewBoxPrompt):
             x0, y0, z0, x1, y1, z1 = prompt.box3d
             bounds = (z0, z1)
             prompt = prompt.axial_prompt()
         axis = prompt.axis
-        moved = np.moveaxis(volume.array, axis, 0)
-        spacing = (volume.axis_spacing(axis),) + tuple(volume.axis_spacing(a) for a in range(3) if a != axis)
+        moved = np.moveaxis(array, axis, 0)
+        spacing_zyx = tuple(spacing_xyz[::-1])
+        spacing = (spacing_zyx[axis],) + tuple(spacing_zyx[a] for a in range(3) if a != axis)
         plane = np.asarray(moved[prompt.slice_index], dtype=np.float32)
         if isinstance(prompt, BoxPrompt):
             if cancel is not None:
@@ -101,7 +118,7 @@ class Segmenter:
             box_only = np.zeros_like(mask)
             box_only[z0 : z1 + 1, y0 : y1 + 1, x0 : x1 + 1] = 1
             mask &= box_only
-        return SegmentResult(np.ascontiguousarray(mask), guide, axis, prompt.slice_index, time.perf_counter() - start, stats)
+        return SegmentResult(mask, guide, axis, prompt.slice_index, 0.0, stats)
 
 
 @functools.lru_cache(maxsize=2)

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from ..engine.box2mask_predictor import box_to_mask
 from ..engine.intensity import apply_window, window_from_values
-from ..engine.propagation import PropagationOptions, _components_touching
+from ..engine.propagation import PropagationOptions, keep_components_touching
 from ..engine.roi import mask_bbox, square_roi
 from ..errors import InputError
 from ..io.volume import Volume
@@ -72,7 +72,7 @@ def chain(volume: np.ndarray, slice_index: int, prompt_mask: np.ndarray, step: S
                 break
             out[target] = mask
             target += direction
-    return _components_touching(out, slice_index, prompt_mask)
+    return keep_components_touching(out, slice_index, prompt_mask)
 
 
 def copy_baseline(volume: Volume, slice_index: int, prompt_mask: np.ndarray) -> np.ndarray:

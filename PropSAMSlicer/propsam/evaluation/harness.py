@@ -71,10 +71,10 @@ def predict(run: Run, obj: EvalObject, segmenter) -> np.ndarray:
     if run.method == "box2mask-chain":
         return box2mask_chain(volume, p.slice_index, box_guide(segmenter, volume.array[p.slice_index], p.box), segmenter)
     prompt = {
-        "propsam-box": lambda: BoxPrompt(p.slice_index, p.box),
-        "propsam-box-jitter": lambda: BoxPrompt(p.slice_index, p.jittered_box),
-        "propsam-mask": lambda: MaskPrompt(p.slice_index, p.mask),
-    }[run.method]()
+        "propsam-box": BoxPrompt(p.slice_index, p.box),
+        "propsam-box-jitter": BoxPrompt(p.slice_index, p.jittered_box),
+        "propsam-mask": MaskPrompt(p.slice_index, p.mask),
+    }[run.method]
     options = SegmentOptions(propagation=PropagationOptions(thickness_mm=run.thickness_mm))
     return segmenter.segment(volume, prompt, options).mask
 
@@ -173,7 +173,7 @@ def write_figure(rows: list[dict], path: Path) -> None:
         methods = list(dict.fromkeys(r["method"] for r in used if r["dataset"] == dataset))
         values = [[r["dice"] for r in used if r["dataset"] == dataset and r["method"] == m] for m in methods]
         if methods:
-            ax.boxplot(values, widths=0.6, showfliers=False)
+            ax.boxplot(values, widths=0.6, showfliers=False, medianprops={"color": "k"})
             for i, (m, v) in enumerate(zip(methods, values), start=1):
                 ax.scatter(i + rng.uniform(-0.15, 0.15, len(v)), v, s=10, alpha=0.7, zorder=3, color=f"C{METHODS.index(m)}")
             ax.set_xticks(range(1, len(methods) + 1), methods, rotation=40, ha="right", fontsize=7)

@@ -1,0 +1,232 @@
+"""`propsam evaluate`: descriptors, metrics, baselines, evaluation objects, the harness and its CLI."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine_doubles import ThresholdBox2Mask, ThresholdPropMask
+from phantom_volumes import sphere_volume
+from propsam.cli import main
+from propsam.config import named_config
+from propsam.engine.segmenter import Segmenter
+from propsam.evaluation.baselines import box2mask_chain, copy_baseline, registration_baseline
+from propsam.evaluation.descriptors import box_ratio, convex_ratio, describe, inverse_inertia
+from propsam.evaluation.harness import (
+    METHODS, SLICE_SHIFTS, THICKNESSES_MM, Run, _cropped_pair, evaluate_object, run_evaluation, score,
+)
+from propsam.evaluation.metrics import average_surface_distance, dice, hd95, slice_extent
+from propsam.evaluation.objects import dataset_of, largest_slice, objects_of
+from propsam.training.sources import SourceVolume, objects_from_labels
+
+
+@pytest.fixture
+def segmenter():
+    nets = {"box2mask": ThresholdBox2Mask(), "propmask": ThresholdPropMask()}
+    return Segmenter(named_config("lite"), nets, torch.device("cpu"))
+
+
+def sphere_objects(thin: bool = False):
+    """The bright sphere as an evaluation object; with `thin`, also a 3-slice bright plate."""
+    volume, truth = sphere_volume(shape=(40, 56, 56), spacing=(1.0, 1.0, 2.0), radius_mm=14)
+    labels = truth.copy()
+    if thin:
+        volume.array[2:5, 4:12, 4:14] = 200
+        labels[2:5, 4:12, 4:14] = 2
+    source = SourceVolume("sphere0001_t1", volume.array, tuple(volume.spacing[::-1]), "CT", 1.0,
+                          objects_from_labels(labels, "each"), "exact")
+    return list(objects_of(source, dataset_of(source.id)))
+
+
+# descriptors ------------------------------------------------------------------------------------
+
+def test_cube_descriptors_are_exact():
+    cube = np.zeros((12, 12, 12), np.uint8)
+    cube[2:10, 2:10, 2:10] = 1
+    shape = describe(cube, (1.5, 1.5, 1.5))
+    # a ball of the cube's volume over the cube's polar moment: (3/5)(3/4pi)^(2/3) * 4
+    assert shape.box_ratio == 1.0 and shape.convex_ratio == 1.0
+    assert shape.inverse_inertia == pytest.approx(0.6 * (3 / (4 * math.pi)) ** (2 / 3) * 4, rel=1e-6)
+
+
+def test_sphere_descriptors_in_physical_units():
+    _, truth = sphere_volume(shape=(30, 64, 64), spacing=(0.8, 0.8, 2.0), radius_mm=20)
+    assert inverse_inertia(truth, (2.0, 0.8, 0.8)) == pytest.approx(1.0, abs=0.02)
+    assert convex_ratio(truth) == pytest.approx(1.0, abs=0.01)
+    assert box_ratio(truth) == pytest.approx(math.pi / 6, abs=0.03)
+    # the same voxels read with the wrong spacing are an ellipsoid, no longer optimal
+    assert inverse_inertia(truth, (0.8, 0.8, 2.0)) < 0.8
+
+
+def test_l_shape_ratios_are_known():
+    shape = np.zeros((6, 12, 12), np.uint8)
+    shape[:, :4, :] = 1
+    shape[:, :, :4] = 1
+    # hull cuts the square along y + x <= 14: 144 - 36 grid points per slice
+    assert box_ratio(shape) == pytest.approx(80 / 144)
+    assert convex_ratio(shape) == pytest.approx(80 / 108)
+    assert inverse_inertia(shape, (1, 1, 1)) < 0.7
+
+
+def test_flat_or_linear_objects_do_not_crash():
+    plate = np.zeros((5, 10, 10), np.uint8)
+    plate[2, 3:7, 2:8] = 1
+    assert convex_ratio(plate) == 1.0
+    line = np.zeros((5, 10, 10), np.uint8)
+    line[1, np.arange(8), np.arange(8)] = 1
+    assert convex_ratio(line) == 1.0 and 0 < inverse_inertia(line, (1, 1, 1)) < 0.2
+
+
+# metrics ----------------------------------------------------------------------------------------
+
+SPACING = (3.0, 0.7, 1.3)  # z, y, x mm
+
+
+def test_plate_shifted_along_z_is_two_slices_of_3_mm_away():
+    a = np.zeros((10, 20, 20), np.uint8)
+    b = np.zeros_like(a)
+    a[3, 5:15, 5:15] = 1
+    b[5, 5:15, 5:15] = 1
+    assert hd95(a, b, SPACING) == pytest.approx(6.0)
+    assert average_surface_distance(a, b, SPACING) == pytest.approx(6.0)
+    assert dice(a, b) == 0.0
+
+
+def test_wall_shifted_along_y_uses_the_y_spacing():
+    a = np.zeros((10, 20, 20), np.uint8)
+    b = np.zeros_like(a)
+    a[2:8, 4, 5:15] = 1
+    b[2:8, 7, 5:15] = 1
+    assert hd95(a, b, SPACING) == pytest.approx(3 * 0.7)
+
+
+def test_cube_shift_dice_and_cropping_keeps_distances():
+    a = np.zeros((16, 20, 20), np.uint8)
+    a[0:10, 4:14, 4:14] = 1  # touches the volume edge: its face there is still surface
+    b = np.roll(a, 2, axis=0)
+    assert dice(a, b) == pytest.approx(0.8)
+    ca, cb = _cropped_pair(a, b)
+    assert ca.size < a.size
+    assert hd95(ca, cb, SPACING) == pytest.approx(hd95(a, b, SPACING))
+    assert average_surface_distance(ca, cb, SPACING) == pytest.approx(average_surface_distance(a, b, SPACING))
+
+
+# baselines --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, min_dice, end_tolerance", [
+    ("copy", 0.8, 3), ("registration", 0.85, 2), ("box2mask-chain", 0.85, 2),
+])
+def test_baselines_follow_the_sphere_and_stop_near_its_ends(segmenter, method, min_dice, end_tolerance):
+    volume, truth = sphere_volume(shape=(40, 56, 56), spacing=(1.0, 1.0, 2.0), radius_mm=14)
+    volume.array[2:5, 5:10, 5:10] = 200  # bright, far, never reached
+    z = largest_slice(truth)
+    run = {
+        "copy": lambda: copy_baseline(volume, z, truth[z] > 0),
+        "registration": lambda: registration_baseline(volume, z, truth[z] > 0),
+        "box2mask-chain": lambda: box2mask_chain(volume, z, truth[z] > 0, segmenter),
+    }[method]
+    mask = run()
+    assert mask.dtype == np.uint8 and mask.shape == truth.shape
+    assert dice(mask, truth) > min_dice
+    (lo, hi), (true_lo, true_hi) = slice_extent(mask), slice_extent(truth)
+    assert abs(lo - true_lo) <= end_tolerance and abs(hi - true_hi) <= end_tolerance
+    assert mask[2:5].sum() == 0
+
+
+def test_copy_stops_at_the_volume_edge():
+    volume, truth = sphere_volume(shape=(12, 48, 48), spacing=(1.0, 1.0, 2.0), centre_index=(1, 24, 24), radius_mm=14)
+    mask = copy_baseline(volume, 1, truth[1] > 0)
+    assert slice_extent(mask)[0] == 0
+
+
+# evaluation objects -----------------------------------------------------------------------------
+
+def test_objects_prompt_on_the_largest_slice_with_tight_and_jittered_boxes():
+    sphere, plate = sphere_objects(thin=True)
+    p = sphere.prompts
+    assert p.slice_index == largest_slice(sphere.truth)
+    ys, xs = np.nonzero(sphere.truth[p.slice_index])
+    assert p.box == (xs.min(), ys.min(), xs.max(), ys.max())
+    c0, r0, c1, r1 = p.jittered_box
+    assert c0 <= p.box[0] and r0 <= p.box[1] and c1 >= p.box[2] and r1 >= p.box[3]
+    assert (c1 - c0 + 1) <= 1.25 * (p.box[2] - p.box[0] + 1) + 1
+    assert np.array_equal(p.mask, sphere.truth[p.slice_index] > 0)
+    assert sphere.headline and not plate.headline and plate.slices == 3
+    assert sphere_objects()[0].prompts.jittered_box == p.jittered_box  # seeded
+    assert dataset_of("brats0001_flair") == "brats" and dataset_of("spleen2") == "spleen2"
+
+
+# harness ----------------------------------------------------------------------------------------
+
+def test_extent_errors_are_signed_per_end():
+    obj = sphere_objects()[0]
+    lo, hi = obj.extent
+    prediction = np.zeros_like(obj.truth)
+    prediction[lo - 2 : hi - 3 + 1] = obj.truth[obj.prompts.slice_index]
+    row = score(Run("copy", "default", obj.prompts), obj, prediction, 0.0)
+    assert (row["over_lower"], row["over_upper"]) == (2, -3)
+    assert (row["pred_first"], row["pred_last"]) == (lo - 2, hi - 3)
+
+
+def test_harness_end_to_end_writes_every_output(segmenter, tmp_path, capsys):
+    rows = run_evaluation(sphere_objects(thin=True), segmenter, tmp_path)
+    assert len(rows) == 2 * len(METHODS)
+    assert {r["method"] for r in rows} == set(METHODS)
+    for r in rows:
+        assert r["over_lower"] == r["true_first"] - r["pred_first"]
+        assert r["over_upper"] == r["pred_last"] - r["true_last"]
+    sphere_rows = [r for r in rows if r["headline"]]
+    assert min(r["dice"] for r in sphere_rows) > 0.8
+    assert all(abs(r["over_lower"]) <= 3 and abs(r["over_upper"]) <= 3 for r in sphere_rows)
+
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and float(table[0]["box_ratio"]) > 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "### sphere: 1 object(s) (1 under 5 slices left out)" in summary
+    assert all(f"| {m} | default | 1 |" in summary for m in METHODS)
+    assert (tmp_path / "dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    progress = capsys.readouterr().err.splitlines()
+    assert len(progress) == 2 and "thin: not in the means" in progress[1]
+
+
+def test_robustness_settings_and_determinism(segmenter):
+    obj = sphere_objects()[0]
+    methods = ("propsam-mask", "copy")
+    rows = evaluate_object(obj, segmenter, methods, robustness=True)
+    assert len(rows) == len(methods) * (1 + len(SLICE_SHIFTS)) + len(THICKNESSES_MM)
+    shifted = {r["setting"]: r["prompt_slice"] for r in rows if r["method"] == "copy"}
+    assert shifted["slice+20%"] > shifted["slice+5%"] > shifted["default"] > shifted["slice-20%"]
+    again = evaluate_object(obj, segmenter, methods, robustness=True)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows) == strip(again)
+
+
+# CLI --------------------------------------------------------------------------------------------
+
+def test_cli_runs_on_a_phantom_with_a_model_bundle(random_model, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--out-dir", str(out), "--model", str(random_model.parent), "--device", "cpu",
+                 "--datasets", "phantom", "--phantoms", "1", "--max-objects", "1", "--methods", "copy,propsam-mask"])
+    text = capsys.readouterr()
+    assert code == 0, text.err
+    assert "### phantom" in text.out and "| propsam-mask | default |" in text.out
+    assert sorted(p.name for p in out.iterdir()) == ["dice.png", "results.csv", "summary.md"]
+    assert main(["evaluate", "--out-dir", str(out), "--datasets", "phantom", "--phantoms", "1", "--methods", "copy"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--datasets", "spleen2,nope"], "unknown dataset nope"),
+    (["--methods", "copy,magic"], "unknown method magic"),
+    (["--datasets", "spleen2", "--data-dir", "/does/not/exist"], "data folder /does/not/exist does not exist"),
+    (["--datasets", "phantom"], "needs --phantoms"),
+])
+def test_cli_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--out-dir", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
