@@ -682,21 +682,10 @@ class PropSAMSlicerTest(ScriptedLoadableModuleTest):
         shipped = SHIPPED_MODELS_DIR / "lite" / MANIFEST
         if shipped.is_file():
             return "lite", True
-        import torch
-
-        from propsam.config import named_config
-        from propsam.modeling import build_network
-        from propsam.weights import save_network, write_manifest
+        from propsam.training.bundle import random_bundle
 
         folder = pathlib.Path(slicer.app.temporaryPath) / "PropSAMTestModel"
-        folder.mkdir(parents=True, exist_ok=True)
-        config = named_config("lite")
-        torch.manual_seed(0)
-        files = {}
-        for name in ("box2mask", "propmask"):
-            files[name] = f"{name}.pt"
-            save_network(build_network(getattr(config, name)), getattr(config, name), folder / files[name])
-        return str(write_manifest(folder, config, files)), False
+        return str(random_bundle(folder)), False
 
     def loadAndDrawBox(self, low_ijk, high_ijk):
         import numpy as np

@@ -28,17 +28,6 @@ def shared_data():
 def random_model(tmp_path_factory):
     """A lite-configuration bundle with seeded random weights: exercises every code path
     (loading, checks, propagation, geometry) without depending on the trained weights."""
-    import torch
+    from propsam.training.bundle import random_bundle
 
-    from propsam.config import named_config
-    from propsam.modeling import build_network
-    from propsam.weights import save_network, write_manifest
-
-    folder = tmp_path_factory.mktemp("random_model")
-    config = named_config("lite")
-    torch.manual_seed(0)
-    files = {}
-    for name in ("box2mask", "propmask"):
-        files[name] = f"{name}.pt"
-        save_network(build_network(getattr(config, name)), getattr(config, name), folder / files[name])
-    return write_manifest(folder, config, files)
+    return random_bundle(tmp_path_factory.mktemp("random_model"))

@@ -40,7 +40,6 @@ def test_box_prompt_uses_box2mask_then_propagates(segmenter):
     z = largest_slice(truth, 0)
     ys, xs = np.nonzero(truth[z])
     result = segmenter.segment(volume, BoxPrompt(z, (xs.min(), ys.min(), xs.max(), ys.max())))
-    # the double thresholds the refined window, so the guide is a core of the slice's disc
     assert dice(result.mask, truth) > 0.85
     assert result.prompt_mask.sum() > 0
 
@@ -150,3 +149,29 @@ def test_mask_prompt_axis_is_inferred_from_the_single_slice():
     mask[:, 6, 3:8] = 1
     with pytest.raises(InputError, match="several slices"):
         MaskPrompt.from_volume_mask(mask)
+
+
+@pytest.mark.parametrize("prompt_kind", ["box", "mask", "two_view"])
+def test_result_does_not_depend_on_how_the_array_is_stored(random_model, prompt_kind):
+    """The same physical grid stored with x and z reversed (as Slicer does for left-handed
+    volumes) gives the same physical result, even with random weights that are not flip-equivariant."""
+    from propsam.engine.orientation import flip_array, flip_prompt
+    from propsam.io.volume import Volume
+
+    segmenter = Segmenter.load(str(random_model), "cpu")
+    segmenter.box2mask = ThresholdBox2Mask()  # random Box2Mask may find nothing; PropMask stays random
+    volume, truth = sphere_volume(shape=(24, 40, 36), spacing=(0.9, 1.1, 2.0))
+    flips = (True, False, True)
+    d = np.diag([-1.0, 1.0, -1.0])  # x and z axes reversed
+    far_corner = np.array(volume.origin) + np.array([(volume.shape[2] - 1) * 0.9, 0, (volume.shape[0] - 1) * 2.0])
+    stored = Volume(np.ascontiguousarray(flip_array(volume.array, flips)), volume.spacing, tuple(far_corner * [1, 1, 1]),
+                    tuple(d.ravel()))
+    z = 12
+    ys, xs = np.nonzero(truth[z])
+    prompt = {"box": BoxPrompt(z, (xs.min(), ys.min(), xs.max(), ys.max())), "mask": MaskPrompt(z, truth[z] > 0),
+              "two_view": TwoViewBoxPrompt((int(xs.min()), int(ys.min()), 8, int(xs.max()), int(ys.max()), 16))}[prompt_kind]
+    a = segmenter.segment(volume, prompt)
+    b = segmenter.segment(stored, flip_prompt(prompt, flips, volume.shape))
+    assert a.mask.sum() > 0
+    assert np.array_equal(a.mask, flip_array(b.mask, flips))
+    assert b.slice_index == volume.shape[0] - 1 - a.slice_index

@@ -26,10 +26,13 @@ from propsam.training.train import default_data_dir
 from propsam.weights import load_bundle
 
 GRIDS = {
-    "1x1 (20th-95th), no refine": WindowSearch((20.0,), (95.0,), refine=False),
-    "1x1 (20th-95th) + refine": WindowSearch((20.0,), (95.0,)),
-    "3x2 + refine (default)": WindowSearch(),
-    "5x3 + refine": WindowSearch((5.0, 12.5, 20.0, 30.0, 40.0), (90.0, 92.5, 95.0)),
+    # name: lower x upper percentile grid, and whether pass 2 re-derives the window
+    "1x1-single": WindowSearch((20.0,), (95.0,), refine=False),
+    "1x1-refine": WindowSearch((20.0,), (95.0,), refine=True),
+    "3x2-single": WindowSearch(refine=False),
+    "3x2-refine": WindowSearch(refine=True),
+    "5x3-refine": WindowSearch((5.0, 12.5, 20.0, 30.0, 40.0), (90.0, 92.5, 95.0), refine=True),
+    "5x3-single": WindowSearch((5.0, 12.5, 20.0, 30.0, 40.0), (90.0, 92.5, 95.0), refine=False),
 }
 
 
@@ -44,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lite")
     parser.add_argument("--max-slices", type=int, default=12, help="per object, evenly spread")
+    parser.add_argument("--grids", help="comma-separated names to run (default: all)")
     args = parser.parse_args()
     device = pick_device("auto")
     config, _, nets = load_bundle(args.model, str(device))
@@ -63,6 +67,8 @@ def main() -> None:
     print("| window grid | Dice tight | Dice jittered | ms per box |")
     print("|---|---|---|---|")
     for name, search in GRIDS.items():
+        if args.grids and name not in args.grids.split(","):
+            continue
         scores = {"tight": [], "jittered": []}
         start = time.perf_counter()
         for plane, truth, box, kind in cases:

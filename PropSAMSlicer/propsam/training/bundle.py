@@ -41,3 +41,21 @@ def make_bundle(name: str, weights: dict[str, Path], out_dir: Path, extra: dict 
     info = {"created": datetime.date.today().isoformat(), "training": training}
     info.update(extra or {})
     return write_manifest(out_dir, config, files, info)
+
+
+def random_bundle(folder: Path, name: str = "lite", seed: int = 0) -> Path:
+    """A bundle of seeded random weights: exercises loading, checks and geometry in tests
+    (pytest and Slicer's self-test) without depending on trained weights."""
+    from ..config import named_config
+    from ..modeling import build_network
+    from ..weights import save_network
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = named_config(name)
+    torch.manual_seed(seed)
+    files = {}
+    for network in NETWORKS:
+        files[network] = f"{network}.pt"
+        save_network(build_network(getattr(config, network)), getattr(config, network), folder / files[network])
+    return write_manifest(folder, config, files)

@@ -140,7 +140,7 @@ def sample_box2mask(sources: list[SourceVolume], rng: np.random.Generator, opt: 
     roi = box_roi((c0, r0, c1, r1), float(rng.uniform(*opt.box_scale)))
     shift = rng.uniform(-0.05, 0.05, 2)
     roi = Roi(roi.centre_row + shift[0] * roi.half_rows, roi.centre_col + shift[1] * roi.half_cols, roi.half_rows, roi.half_cols)
-    if rng.random() < 0.5:  # the first-pass search window, else the refined foreground window
+    if rng.random() < 0.7:  # a window of the inference search grid, else the (optional) refined one
         br0, br1, bc0, bc1 = roi.bounds(image.shape)
         lo, hi = window_from_values(image[br0:br1, bc0:bc1], rng.uniform(5, 40), rng.uniform(90, 95))
     else:

@@ -1,0 +1,52 @@
+"""The shipped lite model: it loads from the repository, and it segments real and generated
+objects well enough to guard against a broken or swapped checkpoint (thresholds sit below the
+accuracy measured in MODEL.md, so they catch regressions, not noise)."""
+
+import numpy as np
+import pytest
+
+from propsam.engine.prompts import BoxPrompt, MaskPrompt
+from propsam.engine.segmenter import Segmenter
+from propsam.evaluation.metrics import dice
+from propsam.io.volume import read_volume
+from propsam.weights import SHIPPED_MODELS_DIR, load_bundle, read_manifest
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return Segmenter.load("lite", "cpu")
+
+
+def test_manifest_records_config_checksums_and_training():
+    manifest = read_manifest(SHIPPED_MODELS_DIR / "lite" / "manifest.json")
+    assert manifest["name"] == "lite"
+    assert manifest["training"]["propmask"]["tasks_seen"] > 1000
+    for entry in manifest["networks"].values():
+        path = SHIPPED_MODELS_DIR / "lite" / entry["file"]
+        assert path.stat().st_size < 20 * 2**20
+    load_bundle("lite")  # sha256 and shapes verified
+
+
+def largest_axial(truth):
+    z = int(truth.sum((1, 2)).argmax())
+    ys, xs = np.nonzero(truth[z])
+    return z, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+
+
+def test_spleen_from_mask_and_box(lite, shared_data):
+    volume = read_volume(shared_data("msd-spleen2-crop", "sub-spleen2_ct.nii.gz"))
+    truth = read_volume(shared_data("msd-spleen2-crop", "sub-spleen2_ct_seg-manual.nii.gz")).array > 0
+    z, box = largest_axial(truth)
+    assert dice(lite.segment(volume, MaskPrompt(z, truth[z])).mask, truth) > 0.75
+    assert dice(lite.segment(volume, BoxPrompt(z, box)).mask, truth) > 0.70
+
+
+def test_demo_writes_mask_preview_and_a_sensible_result(tmp_path, capsys):
+    from propsam.demo import main
+
+    assert main(["--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "sample_mask.nii.gz").exists()
+    assert (tmp_path / "sample_preview.png").read_bytes()[:4] == b"\x89PNG"
+    score = float(out.rsplit("Dice against the phantom's truth:", 1)[1].split()[0])
+    assert score > 0.7, out
