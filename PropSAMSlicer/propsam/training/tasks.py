@@ -63,7 +63,7 @@ def _brightness_contrast(x: torch.Tensor, rng: np.random.Generator) -> torch.Ten
 
 
 def _pick_object(sources: list[SourceVolume], rng: np.random.Generator) -> tuple[SourceVolume, LabelledObject]:
-    weights = np.array([s.weight for s in sources], float)
+    weights = np.array([s.weight if s.objects else 0.0 for s in sources], float)  # skip volumes with no object
     source = sources[rng.choice(len(sources), p=weights / weights.sum())]
     return source, source.objects[rng.integers(len(source.objects))]
 
