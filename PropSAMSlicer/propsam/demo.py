@@ -10,13 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 DEMO_SEED = 11
 
 
 def main(argv: list[str] | None = None) -> int:
     from .cli import main as propsam_main
+    from .engine.roi import mask_bbox
+    from .evaluation.objects import largest_slice
     from .evaluation.metrics import dice
     from .io.volume import Volume, read_volume, write_mask
     from .training.phantoms import make_phantom
@@ -36,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
 
     sitk.WriteImage(volume.to_sitk(), str(image_path))
-    z = int(truth.sum((1, 2)).argmax())
-    ys, xs = np.nonzero(truth[z])
-    box = f"{xs.min()},{ys.min()},{xs.max()},{ys.max()}"
+    z = largest_slice(truth)
+    r0, c0, r1, c1 = mask_bbox(truth[z])
+    box = f"{c0},{r0},{c1},{r1}"
     print(f"sample: {image_path} {volume.shape[::-1]} voxels, spacing {tuple(round(s, 2) for s in volume.spacing)} mm; "
           f"box {box} on axial slice {z}")
     code = propsam_main(["segment", "--image", str(image_path), "--out", str(mask_path), "--png", str(png_path),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..evaluation.metrics import slice_extent
 from .control import CancelToken, ProgressCallback
 from .device import autocast_for
 from .intensity import apply_window, window_from_values
@@ -94,7 +95,6 @@ def propagate(
         stats.rounds += 1
         for (side, targets), prob, present, roi in zip(batch, probs, presence, rois):
             pasted, (r0, r1, c0, c1) = paste_from_model(torch.from_numpy(prob[: len(targets)]), roi, volume.shape[1:])
-            last_kept = None
             for j, t in enumerate(targets):
                 plane = np.zeros(volume.shape[1:], np.float32)
                 plane[r0:r1, c0:c1] = pasted[j]
@@ -105,16 +105,12 @@ def propagate(
                     break
                 sums[t] = sums.get(t, 0) + plane
                 counts[t] = counts.get(t, 0) + 1
-                last_kept = j
             side.travelled += len(targets)
             done += len(targets)
             stats.slices_predicted += len(targets)
-            if side.active and last_kept == len(targets) - 1:
+            if side.active:  # every target passed, so the window's last slice guides the next round
                 side.guide = targets[-1]
                 side.mask = sums[side.guide] / counts[side.guide] > 0.5
-            elif side.active:
-                side.active = False
-                stats.stop_reasons[side.direction] = "edge"
         if progress is not None:
             remaining = sum(
                 min(max(window, expected_half - s.travelled), (hi_bound - s.guide) if s.direction > 0 else (s.guide - lo_bound))
@@ -128,8 +124,7 @@ def propagate(
     result[guide_index] = guide_mask
     if options.keep_connected:
         result = keep_components_touching(result, guide_index, guide_mask)
-    filled = np.flatnonzero(result.reshape(depth, -1).any(axis=1))
-    stats.extent = (int(filled[0]), int(filled[-1]))
+    stats.extent = slice_extent(result, axis=0)
     return result, stats
 
 

@@ -16,10 +16,12 @@ def write_preview(image: np.ndarray, mask: np.ndarray, axis: int, prompt_index: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    filled = np.flatnonzero(np.moveaxis(mask, axis, 0).reshape(mask.shape[axis], -1).any(axis=1))
+    from ..evaluation.metrics import slice_extent
+
+    extent = slice_extent(mask, axis)
     picks = [prompt_index]
-    if filled.size:
-        extra = np.unique(np.linspace(filled[0], filled[-1], panels - 1).round().astype(int))
+    if extent is not None:
+        extra = np.unique(np.linspace(extent[0], extent[1], panels - 1).round().astype(int))
         picks += [int(i) for i in extra if i != prompt_index]
     lo, hi = np.percentile(image, [1, 99])
     fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.9), squeeze=False)

@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError, PropSAMError
+from ..evaluation import metrics
 from .records import PROMPT_TYPES, PromptRecord, StudyStore
 
 
@@ -52,11 +53,10 @@ def prompt_order(seed: int | None, reader_id: str, case_id: str) -> list[str]:
 
 
 def dice(mask: np.ndarray, reference: np.ndarray) -> float:
+    """metrics.dice, refusing masks of different shapes (a reference on another grid)."""
     if mask.shape != reference.shape:
         raise InputError(f"segmentation shape {mask.shape} differs from the reference's {reference.shape}")
-    a, b = mask.astype(bool), reference.astype(bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+    return metrics.dice(mask != 0, reference != 0)
 
 
 def utc_now() -> datetime:
