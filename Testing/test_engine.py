@@ -11,7 +11,8 @@ from propsam.engine.control import CancelToken
 from propsam.engine.prompts import BoxPrompt, MaskPrompt, TwoViewBoxPrompt
 from propsam.engine.segmenter import Segmenter
 from propsam.errors import Cancelled, InputError
-from propsam.evaluation.metrics import dice, slice_extent
+from propsam.engine.roi import slice_extent
+from propsam.evaluation.metrics import dice
 
 
 @pytest.fixture

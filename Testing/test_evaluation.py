@@ -2,6 +2,7 @@
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,10 @@ from propsam.evaluation.descriptors import box_ratio, convex_ratio, describe, in
 from propsam.evaluation.harness import (
     METHODS, SLICE_SHIFTS, THICKNESSES_MM, Run, _cropped_pair, evaluate_object, run_evaluation, score,
 )
-from propsam.evaluation.metrics import average_surface_distance, dice, hd95, slice_extent
-from propsam.evaluation.objects import dataset_of, largest_slice, objects_of
-from propsam.training.sources import SourceVolume, objects_from_labels
+from propsam.engine.roi import slice_extent
+from propsam.evaluation.metrics import average_surface_distance, dice, hd95
+from propsam.evaluation.objects import eval_datasets, largest_slice, objects_of
+from propsam.training.sources import SourceVolume, manifest_entries, objects_from_labels
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def sphere_objects(thin: bool = False):
         labels[2:5, 4:12, 4:14] = 2
     source = SourceVolume("sphere0001_t1", volume.array, tuple(volume.spacing[::-1]), "CT", 1.0,
                           objects_from_labels(labels, "each"), "exact")
-    return list(objects_of(source, dataset_of(source.id)))
+    return list(objects_of(source, "sphere"))
 
 
 # descriptors ------------------------------------------------------------------------------------
@@ -155,7 +157,15 @@ def test_objects_prompt_on_the_largest_slice_with_tight_and_jittered_boxes():
     assert np.array_equal(p.mask, sphere.truth[p.slice_index] > 0)
     assert sphere.headline and not plate.headline and plate.slices == 3
     assert sphere_objects()[0].prompts.jittered_box == p.jittered_box  # seeded
-    assert dataset_of("brats0001_flair") == "brats" and dataset_of("spleen2") == "spleen2"
+
+
+def test_manifest_names_datasets_and_keeps_evaluation_subjects_out_of_training(shared_data):
+    data_dir = shared_data()
+    train, held_out = manifest_entries(data_dir, "train"), manifest_entries(data_dir, "eval")
+    assert train and held_out and all(e["dataset"] for e in train + held_out)
+    assert eval_datasets(data_dir) == ["brats", "cord", "spleen2"]
+    subject = lambda entry: str(Path(entry["image"]).parent) if "image" in entry else entry["npz"]  # noqa: E731
+    assert not {subject(e) for e in held_out} & {subject(e) for e in train}
 
 
 # harness ----------------------------------------------------------------------------------------

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..evaluation.metrics import slice_extent
 from .control import CancelToken, ProgressCallback
 from .device import autocast_for
 from .intensity import apply_window, window_from_values
-from .roi import crop_to_model, paste_from_model, roi_grid, square_roi
+from .roi import crop_to_model, paste_from_model, roi_grid, slice_extent, square_roi
 
 
 @dataclass(frozen=True)

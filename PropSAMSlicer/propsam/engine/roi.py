@@ -44,6 +44,12 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
 
 
+def slice_extent(mask: np.ndarray, axis: int = 0) -> tuple[int, int] | None:
+    """First and last slice index along `axis` holding any voxel of the mask."""
+    filled = np.flatnonzero(np.moveaxis(mask > 0, axis, 0).reshape(mask.shape[axis], -1).any(axis=1))
+    return (int(filled[0]), int(filled[-1])) if filled.size else None
+
+
 def square_roi(mask: np.ndarray, spacing_rc: tuple[float, float], context: float) -> Roi:
     """Square (in mm) ROI around the mask's bounding box, enlarged by `context`."""
     r0, c0, r1, c1 = mask_bbox(mask)

@@ -23,12 +23,13 @@ from scipy import ndimage
 
 from ..engine.prompts import BoxPrompt, MaskPrompt
 from ..engine.propagation import PropagationOptions
+from ..engine.roi import slice_extent
 from ..engine.segmenter import SegmentOptions
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from .baselines import box2mask_chain, box_guide, copy_baseline, registration_baseline
 from .descriptors import describe
-from .metrics import average_surface_distance, dice, hd95, slice_extent
+from .metrics import average_surface_distance, dice, hd95
 from .objects import EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
 
 METHODS = ("propsam-box", "propsam-box-jitter", "propsam-mask", "copy", "registration", "box2mask-chain")

@@ -38,9 +38,3 @@ def average_surface_distance(prediction: np.ndarray, truth: np.ndarray, spacing_
         return float("inf")
     d1, d2 = surface_distances(prediction, truth, spacing_zyx)
     return float(np.concatenate([d1, d2]).mean())
-
-
-def slice_extent(mask: np.ndarray, axis: int = 0) -> tuple[int, int] | None:
-    """First and last slice index along `axis` holding any voxel of the mask."""
-    filled = np.flatnonzero(np.moveaxis(mask > 0, axis, 0).reshape(mask.shape[axis], -1).any(axis=1))
-    return (int(filled[0]), int(filled[-1])) if filled.size else None

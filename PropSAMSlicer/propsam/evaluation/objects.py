@@ -7,7 +7,6 @@ wider and taller, like a hurried user) and the mask prompt (the label's slice).
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +59,8 @@ class EvalObject:
         return self.slices >= MIN_HEADLINE_SLICES
 
 
-def dataset_of(volume_id: str) -> str:
-    """'brats0001_t1c' -> 'brats', 'cord_t2w' -> 'cord', 'spleen2' -> 'spleen2' (case numbers dropped)."""
-    return re.sub(r"\d{3,}$", "", volume_id.split("_")[0])
-
-
 def eval_datasets(data_dir: Path) -> list[str]:
-    return sorted({dataset_of(e["id"]) for e in manifest_entries(data_dir, "eval")})
+    return sorted({e["dataset"] for e in manifest_entries(data_dir, "eval")})
 
 
 def seed_of(*parts) -> int:
@@ -129,8 +123,8 @@ def iter_eval_objects(data_dir: Path | None, datasets: list[str], phantoms: int 
     """Real objects of the chosen datasets (volume by volume, loaded lazily), then the phantoms'."""
     if datasets:
         for entry in manifest_entries(data_dir, "eval"):
-            if dataset_of(entry["id"]) in datasets:
-                yield from objects_of(load_source(entry, data_dir), dataset_of(entry["id"]))
+            if entry["dataset"] in datasets:
+                yield from objects_of(load_source(entry, data_dir), entry["dataset"])
     for i in range(phantoms):
         # the phantom generator leaves stray fragments around some shapes; a user would prompt
         # the main body, so its largest component is the object

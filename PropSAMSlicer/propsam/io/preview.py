@@ -16,7 +16,7 @@ def write_preview(image: np.ndarray, mask: np.ndarray, axis: int, prompt_index: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..evaluation.metrics import slice_extent
+    from ..engine.roi import slice_extent
 
     extent = slice_extent(mask, axis)
     picks = [prompt_index]
