@@ -214,6 +214,21 @@ def test_robustness_settings_and_determinism(segmenter):
     assert strip(rows) == strip(again)
 
 
+def test_robustness_outputs_pool_mean_dice_per_shift_and_thickness(segmenter, tmp_path):
+    rows = run_evaluation(sphere_objects(), segmenter, tmp_path, ("propsam-mask", "copy"), robustness=True)
+    summary = (tmp_path / "summary.md").read_text()
+    table = summary[summary.index("### Robustness"):]
+    assert "| method | -20 % | -15 % | -10 % | -5 % | +0 % | +5 % | +10 % | +15 % | +20 % |" in table
+    for method in ("propsam-mask", "copy"):
+        expected = [r["dice"] for r in rows if r["method"] == method and r["setting"] in ("slice-20%", "slice+10%")]
+        line = next(li for li in table.splitlines() if li.startswith(f"| {method} |")).split("|")[2:-1]
+        assert [float(line[0]), float(line[6])] == pytest.approx(expected, abs=5e-4)
+    thick = {r["thickness_mm"]: r["dice"] for r in rows if r["setting"].startswith("thickness")}
+    assert "| 10 mm | 20 mm | 30 mm | 40 mm |" in table
+    assert table.rstrip().splitlines()[-1] == "| " + " | ".join(f"{thick[t]:.3f}" for t in THICKNESSES_MM) + " |"
+    assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # CLI --------------------------------------------------------------------------------------------
 
 def test_cli_runs_on_a_phantom_with_a_model_bundle(random_model, tmp_path, capsys):

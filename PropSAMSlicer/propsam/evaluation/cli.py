@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--phantoms", type=int, default=0, help="also evaluate the objects of N seeded phantoms")
     p.add_argument("--robustness", action="store_true",
                    help="also move the prompt slice by ±5/10/15/20 %% of the object's extent, and sweep "
-                        "propsam-mask's propagation thickness over 10/20/30/40 mm")
+                        "propsam-mask's propagation thickness over 10/20/30/40 mm; adds a pooled table and robustness.png")
     p.add_argument("--max-objects", type=int, help="stop after this many objects (a quick look)")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data or $PROPSAM_DATA_DIR)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -40,7 +40,7 @@ def choose(text: str | None, known: list[str], what: str) -> list[str]:
 def run(args) -> int:
     from ..io.atomic import check_writable
     from ..training.train import default_data_dir
-    from .harness import METHODS, MODEL_FREE, OUTPUTS, markdown_summary, run_evaluation
+    from .harness import METHODS, MODEL_FREE, OUTPUTS, ROBUSTNESS_FIGURE, markdown_summary, run_evaluation
     from .objects import PHANTOM_DATASET, eval_datasets, iter_eval_objects
 
     if args.phantoms < 0 or (args.max_objects is not None and args.max_objects < 1):
@@ -61,7 +61,8 @@ def run(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir {out_dir} is a file, expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:
+    outputs = OUTPUTS + ((ROBUSTNESS_FIGURE,) if args.robustness else ())
+    for name in outputs:
         check_writable(out_dir / name, args.force)
 
     segmenter = None
@@ -74,5 +75,5 @@ def run(args) -> int:
     rows = run_evaluation(objects, segmenter, out_dir, methods, args.robustness, args.max_objects)
     print(markdown_summary(rows))
     print(f"{len({(r['volume'], r['object']) for r in rows})} object(s), {len(rows)} rows in "
-          f"{time.perf_counter() - start:.0f} s; wrote {', '.join(str(out_dir / n) for n in OUTPUTS)}")
+          f"{time.perf_counter() - start:.0f} s; wrote {', '.join(str(out_dir / n) for n in outputs)}")
     return 0

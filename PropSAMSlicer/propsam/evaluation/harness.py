@@ -31,6 +31,7 @@ from .baselines import box2mask_chain, box_guide, copy_baseline, registration_ba
 from .descriptors import describe
 from .metrics import average_surface_distance, dice, hd95
 from .objects import EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
+from .robustness import FIGURE as ROBUSTNESS_FIGURE, has_robustness, robustness_markdown, write_robustness_figure
 
 METHODS = ("propsam-box", "propsam-box-jitter", "propsam-mask", "copy", "registration", "box2mask-chain")
 MODEL_FREE = ("copy", "registration")
@@ -150,6 +151,8 @@ def markdown_summary(rows: list[dict]) -> str:
             )
         out.append("")
     out.append("Ends: median signed extent error in slices (+ runs past the true end, - stops short).")
+    if has_robustness(rows):
+        out += ["", robustness_markdown(rows)]
     return "\n".join(out) + "\n"
 
 
@@ -195,6 +198,9 @@ def write_outputs(rows: list[dict], out_dir: Path) -> list[Path]:
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     write_figure(rows, paths[2])
+    if has_robustness(rows):
+        paths.append(out_dir / ROBUSTNESS_FIGURE)
+        write_robustness_figure(rows, paths[-1], METHODS)
     return paths
 
 
