@@ -7,6 +7,7 @@ import pytest
 
 from propsam.engine.prompts import BoxPrompt, MaskPrompt
 from propsam.engine.segmenter import Segmenter
+from propsam.evaluation.harness import headline_means, read_results
 from propsam.evaluation.metrics import dice
 from propsam.io.volume import read_volume
 from propsam.weights import SHIPPED_MODELS_DIR, load_bundle, read_manifest
@@ -25,6 +26,12 @@ def test_manifest_records_config_checksums_and_training():
         path = SHIPPED_MODELS_DIR / "lite" / entry["file"]
         assert path.stat().st_size < 20 * 2**20
     load_bundle("lite")  # sha256 and shapes verified
+
+
+def test_manifest_evaluation_table_is_the_committed_results():
+    manifest = read_manifest(SHIPPED_MODELS_DIR / "lite" / "manifest.json")
+    results = SHIPPED_MODELS_DIR.parents[2] / manifest["evaluation"]["results"]
+    assert manifest["evaluation"]["headline_means"] == headline_means(read_results(results))
 
 
 def largest_axial(truth):

@@ -98,3 +98,19 @@ def test_bundle_from_trained_runs_loads_in_the_engine(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["propmask"]["steps_done"] == 1
     assert Segmenter.load(str(out), "cpu").config.name == "tiny"
+
+    results = tmp_path / "results.csv"
+    results.write_text(
+        "dataset,volume,object,headline,method,setting,dice,hd95_mm\n"
+        "brats,a,t,True,propsam-mask,default,0.8000,4.0\n"
+        "cord,b,c,True,propsam-mask,default,0.9000,inf\n"
+        "cord,b,c,True,propsam-mask,slice+5%,0.1000,9.0\n"
+        "cord,b,thin,False,propsam-mask,default,0.1000,9.0\n"
+        "phantom,p,o,True,propsam-mask,default,0.5000,2.0\n")
+    assert main(["bundle", "--name", "tiny", "--box2mask", str(tmp_path / "bm" / "box2mask.pt"), "--propmask",
+                 str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(out), "--evaluation", str(results)]) == 0
+    table = json.loads((out / "manifest.json").read_text())["evaluation"]["headline_means"]["propsam-mask"]
+    assert table["real objects"] == {"n": 2, "dice": 0.85, "hd95_mm": 4.0}
+    assert table["phantom"]["n"] == 1 and table["cord"]["dice"] == 0.9
+    assert main(["bundle", "--name", "tiny", "--box2mask", str(tmp_path / "bm" / "box2mask.pt"), "--propmask",
+                 str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(out), "--evaluation", str(tmp_path / "no.csv")]) == 2

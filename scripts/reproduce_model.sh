@@ -17,3 +17,6 @@ $P train --config $PM --steps 8300
 $P bundle --name lite --box2mask runs/lite_box2mask/box2mask.pt --propmask runs/lite_propmask/propmask.pt \
   --out-dir PropSAMSlicer/Resources/Models/lite
 $P evaluate --out-dir results/eval_lite --model lite --phantoms 6 --force
+# record the measured table in the manifest (same weights, so the checksums do not change)
+$P bundle --name lite --box2mask runs/lite_box2mask/box2mask.pt --propmask runs/lite_propmask/propmask.pt \
+  --out-dir PropSAMSlicer/Resources/Models/lite --evaluation results/eval_lite/results.csv

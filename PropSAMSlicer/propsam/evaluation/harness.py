@@ -30,7 +30,7 @@ from ..io.atomic import atomic_path
 from .baselines import box2mask_chain, box_guide, copy_baseline, registration_baseline
 from .descriptors import describe
 from .metrics import average_surface_distance, dice, hd95
-from .objects import EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
+from .objects import PHANTOM_DATASET, EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
 from .robustness import FIGURE as ROBUSTNESS_FIGURE, has_robustness, robustness_markdown, write_robustness_figure
 
 METHODS = ("propsam-box", "propsam-box-jitter", "propsam-mask", "copy", "registration", "box2mask-chain")
@@ -154,6 +154,32 @@ def markdown_summary(rows: list[dict]) -> str:
     if has_robustness(rows):
         out += ["", robustness_markdown(rows)]
     return "\n".join(out) + "\n"
+
+
+def headline_means(rows: list[dict]) -> dict:
+    """method -> dataset (and 'real objects', phantoms left out) -> n, mean Dice, mean finite HD95,
+    over headline objects at the default setting: the table a model bundle records."""
+    used = [r for r in rows if r["headline"] and r["setting"] == DEFAULT]
+    table: dict = {}
+    for method in dict.fromkeys(r["method"] for r in used):
+        mine = [r for r in used if r["method"] == method]
+        groups = {d: [r for r in mine if r["dataset"] == d] for d in dict.fromkeys(r["dataset"] for r in mine)}
+        groups["real objects"] = [r for r in mine if r["dataset"] != PHANTOM_DATASET]
+        table[method] = {
+            name: {"n": len(g), "dice": round(float(np.mean([r["dice"] for r in g])), 4),
+                   "hd95_mm": round(float(np.mean([r["hd95_mm"] for r in g if math.isfinite(r["hd95_mm"])] or [math.inf])), 2)}
+            for name, g in groups.items() if g
+        }
+    return table
+
+
+def read_results(path: Path) -> list[dict]:
+    """results.csv back as rows with the types the harness wrote them with."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"method", "setting", "dataset", "headline", "dice", "hd95_mm"} <= set(rows[0]):
+        raise InputError(f"{path} is not a results.csv written by `propsam evaluate`")
+    return [{**r, "headline": r["headline"] == "True", "dice": float(r["dice"]), "hd95_mm": float(r["hd95_mm"])} for r in rows]
 
 
 def csv_text(rows: list[dict]) -> str:

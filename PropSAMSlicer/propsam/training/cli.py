@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     b.add_argument("--out-dir", required=True, help="e.g. PropSAMSlicer/Resources/Models/lite")
     b.add_argument("--data-list", default="PropSAMSlicer/propsam/training/data_manifest.json",
                    help="recorded in the manifest as the training data list")
+    b.add_argument("--evaluation", help="results.csv of `propsam evaluate` on these weights: its headline table "
+                                        "(mean Dice and HD95 per method and dataset) goes into the manifest")
     b.set_defaults(func=run_bundle)
 
 
@@ -40,7 +42,13 @@ def run(args) -> int:
 def run_bundle(args) -> int:
     from .bundle import make_bundle
 
-    manifest = make_bundle(args.name, {"box2mask": Path(args.box2mask), "propmask": Path(args.propmask)}, Path(args.out_dir),
-                           {"training_data": {"manifest": args.data_list, "split": "train", "phantoms": "procedural, seeded"}})
+    extra = {"training_data": {"manifest": args.data_list, "split": "train", "phantoms": "procedural, seeded"}}
+    if args.evaluation:
+        from ..evaluation.harness import headline_means, read_results
+
+        if not Path(args.evaluation).is_file():
+            raise InputError(f"evaluation results {args.evaluation} do not exist")
+        extra["evaluation"] = {"results": args.evaluation, "headline_means": headline_means(read_results(Path(args.evaluation)))}
+    manifest = make_bundle(args.name, {"box2mask": Path(args.box2mask), "propmask": Path(args.propmask)}, Path(args.out_dir), extra)
     print(f"bundle: {manifest}")
     return 0
