@@ -5,10 +5,10 @@ Pass 1 predicts the box crop under a grid of windows (lower bound at the 5th-40t
 pass 2 (the paper's) re-derives the window from the 0.5/99.5 percentiles of pass 1's foreground
 and predicts again.
 
-Default chosen by benchmarks/bench_window_search.py on the evaluation objects (144 boxes, shipped
-lite Box2Mask, results/window_search.md): a 3x2 grid without pass 2. Pass 2 lowered mean 2D Dice
-(0.847 -> 0.825 on tight boxes); 3x2 is the smallest grid reaching the best score (1x1: 0.844,
-5x3: 0.847 at twice the time).
+Default chosen by benchmarks/bench_window_search.py on the evaluation objects (144 boxes,
+results/window_search.md): a 3x2 grid without pass 2. Pass 2 lowered mean 2D Dice on tight boxes
+with both the first and the shipped lite Box2Mask (0.847 -> 0.825, 0.852 -> 0.841); 3x2 is the
+smallest grid reaching the best score (shipped model: 1x1 0.851, 3x2 and 5x3 0.852).
 """
 
 from __future__ import annotations
