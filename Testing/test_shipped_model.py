@@ -2,13 +2,14 @@
 objects well enough to guard against a broken or swapped checkpoint (thresholds sit below the
 accuracy measured in MODEL.md, so they catch regressions, not noise)."""
 
-import numpy as np
 import pytest
 
 from propsam.engine.prompts import BoxPrompt, MaskPrompt
+from propsam.engine.roi import mask_bbox
 from propsam.engine.segmenter import Segmenter
 from propsam.evaluation.harness import headline_means, read_results
 from propsam.evaluation.metrics import dice
+from propsam.evaluation.objects import largest_slice
 from propsam.io.volume import read_volume
 from propsam.weights import SHIPPED_MODELS_DIR, load_bundle, read_manifest
 
@@ -35,9 +36,9 @@ def test_manifest_evaluation_table_is_the_committed_results():
 
 
 def largest_axial(truth):
-    z = int(truth.sum((1, 2)).argmax())
-    ys, xs = np.nonzero(truth[z])
-    return z, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    z = largest_slice(truth)
+    r0, c0, r1, c1 = mask_bbox(truth[z])
+    return z, (c0, r0, c1, r1)
 
 
 def test_spleen_from_mask_and_box(lite, shared_data):

@@ -31,13 +31,15 @@ from .baselines import box2mask_chain, box_guide, copy_baseline, registration_ba
 from .descriptors import describe
 from .metrics import average_surface_distance, dice, hd95
 from .objects import PHANTOM_DATASET, EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
-from .robustness import FIGURE as ROBUSTNESS_FIGURE, has_robustness, robustness_markdown, write_robustness_figure
+from .robustness import (
+    DEFAULT, FIGURE as ROBUSTNESS_FIGURE, has_robustness, robustness_markdown, shift_setting, thickness_setting,
+    write_robustness_figure,
+)
 
 METHODS = ("propsam-box", "propsam-box-jitter", "propsam-mask", "copy", "registration", "box2mask-chain")
 MODEL_FREE = ("copy", "registration")
 SLICE_SHIFTS = (-0.20, -0.15, -0.10, -0.05, 0.05, 0.10, 0.15, 0.20)  # of the object's extent
 THICKNESSES_MM = (10.0, 20.0, 30.0, 40.0)  # propsam-mask only
-DEFAULT = "default"
 OUTPUTS = ("results.csv", "summary.md", "dice.png")
 
 
@@ -58,9 +60,9 @@ def plan_runs(obj: EvalObject, methods: Iterable[str], robustness: bool) -> list
     for shift in SLICE_SHIFTS:
         index = nearest_filled_slice(obj.truth, home + round(shift * obj.slices))
         prompts = prompts_on(obj.truth, index, seed_of(obj.volume_id, obj.name, shift))
-        runs += [Run(m, f"slice{100 * shift:+.0f}%", prompts) for m in methods]
+        runs += [Run(m, shift_setting(shift), prompts) for m in methods]
     if "propsam-mask" in methods:
-        runs += [Run("propsam-mask", f"thickness{t:g}mm", obj.prompts, t) for t in THICKNESSES_MM]
+        runs += [Run("propsam-mask", thickness_setting(t), obj.prompts, t) for t in THICKNESSES_MM]
     return runs
 
 

@@ -10,11 +10,21 @@ import numpy as np
 from ..io.atomic import atomic_path
 
 FIGURE = "robustness.png"
+DEFAULT = "default"  # the setting of the runs without a robustness change
+
+
+def shift_setting(shift: float) -> str:
+    """0.1 (a share of the object's extent) -> 'slice+10%'; slice_shift reads it back."""
+    return f"slice{100 * shift:+.0f}%"
+
+
+def thickness_setting(thickness_mm: float) -> str:
+    return f"thickness{thickness_mm:g}mm"
 
 
 def slice_shift(setting: str) -> float | None:
-    """'slice-10%' -> -10.0, 'default' -> 0.0, anything else -> None."""
-    if setting == "default":
+    """'slice-10%' -> -10.0, the default setting -> 0.0, anything else -> None."""
+    if setting == DEFAULT:
         return 0.0
     if setting.startswith("slice") and setting.endswith("%"):
         return float(setting[len("slice"):-1])
@@ -23,11 +33,11 @@ def slice_shift(setting: str) -> float | None:
 
 def thickness(row: dict) -> float | None:
     return float(row["thickness_mm"]) if row["setting"].startswith("thickness") or (
-        row["setting"] == "default" and row["method"] == "propsam-mask") else None
+        row["setting"] == DEFAULT and row["method"] == "propsam-mask") else None
 
 
 def has_robustness(rows: list[dict]) -> bool:
-    return any(r["setting"] != "default" for r in rows)
+    return any(r["setting"] != DEFAULT for r in rows)
 
 
 def _mean_dice_by(rows: list[dict], key) -> dict[str, dict[float, float]]:
