@@ -163,9 +163,15 @@ def test_manifest_names_datasets_and_keeps_evaluation_subjects_out_of_training(s
     data_dir = shared_data()
     train, held_out = manifest_entries(data_dir, "train"), manifest_entries(data_dir, "eval")
     assert train and held_out and all(e["dataset"] for e in train + held_out)
-    assert eval_datasets(data_dir) == ["brats", "cord", "spleen2"]
-    subject = lambda entry: str(Path(entry["image"]).parent) if "image" in entry else entry["npz"]  # noqa: E731
+    assert {"brats", "cord", "spleen2", "deeplesion", "sunnybrook_lv", "ms_lesion"} <= set(eval_datasets(data_dir))
+
+    def subject(entry):  # the manifest names subjects where several volumes share one folder
+        if "subject" in entry:
+            return f"{entry['dataset']}/{entry['subject']}"
+        return str(Path(entry["image"]).parent) if "image" in entry else entry["npz"]
+
     assert not {subject(e) for e in held_out} & {subject(e) for e in train}
+    assert not {e["image"] for e in held_out if "image" in e} & {e["image"] for e in train if "image" in e}
 
 
 # harness ----------------------------------------------------------------------------------------

@@ -43,6 +43,13 @@ class SourceVolume:
 def objects_from_labels(labels: np.ndarray, spec) -> list[LabelledObject]:
     labels = labels.astype(np.int32, copy=False)
     found: list[LabelledObject] = []
+    if spec == "components":  # one label for many separate objects (lesions): each 3D component is one
+        components, _ = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+        for value, box in enumerate(ndimage.find_objects(components), start=1):
+            mask = components[box] == value
+            if mask.sum() >= MIN_OBJECT_VOXELS:
+                found.append(LabelledObject(f"component_{value}", box, mask))
+        return found
     if spec == "each":
         for value, box in enumerate(ndimage.find_objects(labels), start=1):
             if box is None:
