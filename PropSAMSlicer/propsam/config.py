@@ -31,6 +31,7 @@ class NetworkConfig:
     presence_head: bool = False  # per adjacent slice: is the object there at all
     boundary_head: bool = False  # BD (SAM2-3dMed): boundary logits fused into the mask
     position_head: bool = False  # SRPP (SAM2-3dMed): signed slice offset from the guide
+    prompt_memory: bool = False  # PropMask also attends to the user's prompt slice (image + mask)
 
     @property
     def channels(self) -> list[int]:

@@ -3,6 +3,11 @@
 One image encoder serves the guide and the adjacent slices; a separate mask encoder reads the
 guiding mask. At the lowest `attention_stages` stages cross-attention (Q adjacent, K guide,
 V guide mask) is added to the adjacent slice's skip; higher skips pass through unchanged.
+
+With `prompt_memory`, a second cross-attention at the same stages reads the user's prompt slice
+(Q adjacent, K prompt image, V prompt mask), so every round is compared with what the user marked
+and not only with the last, possibly drifted, guide (as SAM2-style memories do). Its output
+projection starts at zero: a network warm-started from one without memory begins unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +32,16 @@ class PropMask(nn.Module):
             MaskCrossAttention(c, config.attention_head_dim, config.positional_encoding)
             for c in channels[self.first_attention_stage :]
         )
+        self.memory_attention = None
+        if config.prompt_memory:
+            self.memory_attention = nn.ModuleList(
+                MaskCrossAttention(c, config.attention_head_dim, config.positional_encoding)
+                for c in channels[self.first_attention_stage :]
+            )
+            with torch.no_grad():
+                for block in self.memory_attention:
+                    block.out_proj.weight.zero_()
+                    block.out_proj.bias.zero_()
         self.decoder = Decoder(channels)
         bottleneck = channels[-1]
         self.presence = nn.Linear(2 * bottleneck, 1) if config.presence_head else None
@@ -40,24 +55,32 @@ class PropMask(nn.Module):
         else:
             self.boundary = None
 
-    def forward(self, guide_image: torch.Tensor, guide_mask: torch.Tensor, adjacent: torch.Tensor) -> dict:
-        """guide_image, guide_mask (B, 1, S, S); adjacent (B, K, 1, S, S), all in [0, 1].
+    def forward(self, guide_image: torch.Tensor, guide_mask: torch.Tensor, adjacent: torch.Tensor,
+                memory_image: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> dict:
+        """guide_image, guide_mask (B, 1, S, S); adjacent (B, K, 1, S, S), all in [0, 1];
+        memory_image, memory_mask (B, 1, S, S): the prompt slice in the same crop (optional; used
+        only by a network built with prompt_memory, and left out to switch the memory off).
 
         Returns "masks": logits (B, K, 1, s, s) per decoder stage (full resolution first), and
         where configured "presence" (B, K) logits, "boundary" (B, K, 1, S, S) logits and
         "position" (B, K) signed offsets.
         """
         b, k = adjacent.shape[:2]
-        images = torch.cat([guide_image, adjacent.flatten(0, 1)], dim=0)
-        image_features = self.image_encoder(images)
-        mask_features = self.mask_encoder(guide_mask)
+        use_memory = self.memory_attention is not None and memory_image is not None and memory_mask is not None
+        leading = [guide_image, memory_image] if use_memory else [guide_image]
+        image_features = self.image_encoder(torch.cat(leading + [adjacent.flatten(0, 1)], dim=0))
+        mask_features = self.mask_encoder(torch.cat([guide_mask, memory_mask]) if use_memory else guide_mask)
+        first_adjacent = len(leading) * b
         skips = []
         lowest_attended = None
         for i, feat in enumerate(image_features):
-            guide_feat, adj_feat = feat[:b], feat[b:]
+            guide_feat, adj_feat = feat[:b], feat[first_adjacent:]
             if i >= self.first_attention_stage:
                 adj5 = adj_feat.unflatten(0, (b, k))
-                attended = self.attention[i - self.first_attention_stage](adj5, guide_feat, mask_features[i])
+                stage = i - self.first_attention_stage
+                attended = self.attention[stage](adj5, guide_feat, mask_features[i][:b])
+                if use_memory:
+                    attended = attended + self.memory_attention[stage](adj5, feat[b:2 * b], mask_features[i][b:])
                 adj_feat = (adj5 + attended).flatten(0, 1)
                 lowest_attended = attended
             skips.append(adj_feat)

@@ -79,17 +79,20 @@ def _expand(entry: dict, data_dir: Path) -> list[dict]:
     return out
 
 
-def load_source(entry: dict, data_dir: Path) -> SourceVolume:
+def read_pair(entry: dict, data_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """(image float32, integer labels, spacing_zyx) of one manifest entry, checked to share a grid."""
     if "npz" in entry:
         data = np.load(data_dir / entry["npz"])
-        image, labels, spacing_zyx = data["vol"].astype(np.float32), data["seg"], (1.0, 1.0, 1.0)
-    else:
-        volume = read_volume(data_dir / entry["image"])
-        label_volume = read_volume(data_dir / entry["labels"])
-        if not volume.same_grid(label_volume, tol=1e-3):
-            raise ValueError(f"{entry['id']}: image and labels are on different grids")
-        image, labels = volume.array.astype(np.float32), np.rint(label_volume.array)
-        spacing_zyx = tuple(volume.spacing[::-1])
+        return data["vol"].astype(np.float32), data["seg"], (1.0, 1.0, 1.0)
+    volume = read_volume(data_dir / entry["image"])
+    label_volume = read_volume(data_dir / entry["labels"])
+    if not volume.same_grid(label_volume, tol=1e-3):
+        raise ValueError(f"{entry['id']}: image and labels are on different grids")
+    return volume.array.astype(np.float32), np.rint(label_volume.array), tuple(volume.spacing[::-1])
+
+
+def load_source(entry: dict, data_dir: Path) -> SourceVolume:
+    image, labels, spacing_zyx = read_pair(entry, data_dir)
     return SourceVolume(
         id=entry["id"], image=image, spacing_zyx=spacing_zyx, modality=entry["modality"],
         weight=float(entry.get("weight", 1.0)), objects=objects_from_labels(labels, entry["objects"]),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..engine.intensity import apply_window, window_from_values
 from ..engine.roi import Roi, box_roi, crop_to_model, mask_bbox, roi_grid, square_roi
@@ -26,6 +27,8 @@ class TaskOptions:
     thickness_mm: tuple[float, float] = (15.0, 30.0)
     max_window: int = 16
     end_fraction: float = 0.3  # guides taken within one window of the object's end
+    memory: bool = False  # also return the "prompt slice" (image + mask) behind the guide
+    perturb_guide: float = 0.0  # share of tasks whose guide mask is slightly wrong (memory corrects it)
     context: tuple[float, float] = (1.0, 2.0)
     box_scale: tuple[float, float] = (1.0, 1.25)
     augment: bool = True
@@ -47,13 +50,27 @@ def _object_planes(obj: LabelledObject, shape, axis: int, indices: np.ndarray) -
 
 
 def _augmentation(rng: np.random.Generator, allow_rotation: bool, free_angle: bool) -> dict:
-    aug = {"rotation_deg": 0.0, "flip_rows": False, "flip_cols": False}
-    if rng.random() < 0.5:
-        aug["flip_rows"] = bool(rng.random() < 0.5)
-        aug["flip_cols"] = not aug["flip_rows"] or bool(rng.random() < 0.5)
-    if allow_rotation and rng.random() < 0.5:
-        aug["rotation_deg"] = float(rng.uniform(-45, 45)) if free_angle else float(rng.choice([90, 180, 270]))
+    """One of the 8 in-plane orientations (quarter turns x a flip), uniformly: a volume may store
+    its axes in any of them. PropMask (free_angle) also gets a small extra rotation."""
+    aug = {"rotation_deg": 0.0, "flip_rows": bool(rng.random() < 0.5), "flip_cols": False}
+    if allow_rotation:
+        aug["rotation_deg"] = 90.0 * int(rng.integers(4))
+        if free_angle and rng.random() < 0.5:
+            aug["rotation_deg"] += float(rng.uniform(-30, 30))
     return aug
+
+
+def _perturb_guide(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A slightly wrong guide (too big, too small or shifted), as after a few rounds of drift."""
+    kind = rng.integers(3)
+    steps = int(rng.integers(1, 4))
+    if kind == 0:
+        out = ndimage.binary_dilation(mask, iterations=steps)
+    elif kind == 1:
+        out = ndimage.binary_erosion(mask, iterations=steps)
+    else:
+        out = np.roll(mask, tuple(rng.integers(-steps, steps + 1, 2)), axis=(0, 1))
+    return out if out.sum() >= MIN_GUIDE_AREA else mask
 
 
 def _brightness_contrast(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -102,25 +119,39 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
         inside = offsets[(guide + direction * offsets >= 0) & (guide + direction * offsets < length)]
     chosen = np.sort(rng.choice(inside, size=opt.adjacent, replace=inside.size < opt.adjacent))
     indices = np.concatenate([[guide], guide + direction * chosen])
+    if opt.memory:  # the user's prompt lies behind the guide: often the largest slice, else any
+        behind = valid[direction * (valid - guide) <= 0]
+        if rng.random() < 0.5:
+            memory = int(behind[areas[behind].argmax()])
+        else:
+            memory = int(rng.choice(behind))
+        indices = np.concatenate([indices, [memory]])
 
     images = _planes(source.image, axis, indices)
     masks = _object_planes(obj, source.image.shape, axis, indices)
+    if rng.random() < opt.perturb_guide:
+        masks[0] = _perturb_guide(masks[0], rng)
     spacing_rc = tuple(s for i, s in enumerate(source.spacing_zyx) if i != axis)
     roi = square_roi(masks[0], spacing_rc, float(rng.uniform(*opt.context)))
     jitter = rng.uniform(-0.1, 0.1, 2)
     roi = Roi(roi.centre_row + jitter[0] * roi.half_rows, roi.centre_col + jitter[1] * roi.half_cols, roi.half_rows, roi.half_cols)
     aug = _augmentation(rng, opt.augment, free_angle=True) if opt.augment else {}
     grid = roi_grid(roi, opt.image_size, images.shape[1:], **aug)
-    lo, hi = window_from_values(images[0][masks[0]], rng.uniform(0, 2), rng.uniform(98, 100))
+    lo, hi = window_from_values(images[-1 if opt.memory else 0][masks[-1 if opt.memory else 0]],
+                                rng.uniform(0, 2), rng.uniform(98, 100))  # the prompt's window, as at inference
     x = crop_to_model(apply_window(torch.from_numpy(images), lo, hi), grid)
     if opt.augment:
         x = _brightness_contrast(x, rng)
     y = (crop_to_model(torch.from_numpy(masks.astype(np.float32)), grid) > 0.5).float()
-    present = torch.from_numpy(areas[indices[1:]] > 0).float()
-    return {
-        "guide_image": x[:1], "guide_mask": y[:1], "adjacent": x[1:, None], "target": y[1:, None],
-        "presence": present, "position": torch.from_numpy(direction * chosen / window).float(),
+    k = opt.adjacent
+    task = {
+        "guide_image": x[:1], "guide_mask": y[:1], "adjacent": x[1 : k + 1, None], "target": y[1 : k + 1, None],
+        "presence": torch.from_numpy(areas[indices[1 : k + 1]] > 0).float(),
+        "position": torch.from_numpy(direction * chosen / window).float(),
     }
+    if opt.memory:
+        task["memory_image"], task["memory_mask"] = x[k + 1 :], y[k + 1 :]
+    return task
 
 
 def sample_box2mask(sources: list[SourceVolume], rng: np.random.Generator, opt: TaskOptions) -> dict:

@@ -24,6 +24,7 @@ from ..weights import save_network
 from .losses import box2mask_loss, propmask_loss
 from .phantom_sources import PhantomPool
 from .sources import load_sources
+from .synthesis import SynthPool, load_label_maps
 from .tasks import TaskOptions, collate, sample_box2mask, sample_propmask_task
 
 
@@ -51,6 +52,11 @@ class TrainConfig:
     threads: int = 0  # 0: torch default
     cpu_bf16: bool = False  # bf16 autocast on CPU: ~1.5x faster steps where the CPU has avx512_bf16/AMX
     max_minutes: float = 0  # stop (with a checkpoint) after this long; 0: no limit
+    init_from: str = ""  # warm start: an engine weights file (e.g. a shipped model's); new parts start fresh
+    synthesis_maps: list = field(default_factory=list)  # training-split ids whose label maps feed synthesis
+    synth_pool: int = 32
+    synth_weight: float = 0.5  # sampling weight of each synthetic volume
+    perturb_guide: float = 0.0  # PropMask: share of tasks with a slightly wrong guide mask
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
@@ -98,8 +104,9 @@ class Trainer:
         self.step = 0
         self.tasks_seen = 0
         self.rng = np.random.default_rng([cfg.seed, self.rank])
-        self.pool_state = None
-        self._resume()
+        self.pool_state = self.synth_state = None
+        if not self._resume() and cfg.init_from:
+            self._warm_start(Path(cfg.init_from))
         self.model = (
             torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
             if self.distributed else self.net
@@ -108,15 +115,28 @@ class Trainer:
         self.real = load_sources(data_dir, "train") if data_dir.exists() else []
         self.pool = PhantomPool(cfg.phantom_pool, first_seed=1_000_000 * (self.rank + 1), weight=cfg.phantom_weight,
                                 state=self.pool_state)
-        self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent)
+        maps = load_label_maps(data_dir, cfg.synthesis_maps) if cfg.synthesis_maps and data_dir.exists() else []
+        self.synth = SynthPool(maps, cfg.synth_pool, first_seed=5_000_000 * (self.rank + 1), weight=cfg.synth_weight,
+                               state=self.synth_state)
+        self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
+                                   memory=getattr(self.net_config, "prompt_memory", False), perturb_guide=cfg.perturb_guide)
 
     @property
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
-    def _resume(self) -> None:
+    def _warm_start(self, path: Path) -> None:
+        """Load a weights file's tensors; only parts the file cannot have (the prompt memory) stay new."""
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        missing, unexpected = self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        new_parts = [k for k in missing if not k.startswith("memory_attention.")]
+        if new_parts or unexpected:
+            raise RuntimeError(f"{path} does not fit this network: missing {new_parts[:3]}, unexpected {unexpected[:3]}")
+        self.log({"warm_start": str(path), "new_tensors": len(missing)})
+
+    def _resume(self) -> bool:
         if not self.checkpoint_path.exists():
-            return
+            return False
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         if state["network_config"] != self.net_config.to_dict():
             raise RuntimeError(f"{self.checkpoint_path} belongs to another network configuration")
@@ -126,19 +146,22 @@ class Trainer:
         if self.rank < len(state["rng"]):
             self.rng.bit_generator.state = state["rng"][self.rank]
             self.pool_state = state.get("pools", [None] * (self.rank + 1))[self.rank]  # older checkpoints: new pool
+            self.synth_state = state.get("synth_pools", [None] * (self.rank + 1))[self.rank]
         torch.set_rng_state(state["torch_rng"])
+        return True
 
     def _save(self) -> None:
-        rngs, pools = [self.rng.bit_generator.state], [self.pool.state()]
+        rngs, pools, synths = [self.rng.bit_generator.state], [self.pool.state()], [self.synth.state()]
         if self.distributed:
-            rngs, pools = [None] * self.world, [None] * self.world
+            rngs, pools, synths = [None] * self.world, [None] * self.world, [None] * self.world
             dist.all_gather_object(rngs, self.rng.bit_generator.state)
             dist.all_gather_object(pools, self.pool.state())
+            dist.all_gather_object(synths, self.synth.state())
         if self.rank != 0:
             return
         state = {
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
-            "tasks_seen": self.tasks_seen, "rng": rngs, "pools": pools, "torch_rng": torch.get_rng_state(),
+            "tasks_seen": self.tasks_seen, "rng": rngs, "pools": pools, "synth_pools": synths, "torch_rng": torch.get_rng_state(),
             "network_config": self.net_config.to_dict(), "train_config": asdict(self.cfg),
         }
         with atomic_path(self.checkpoint_path) as tmp:
@@ -146,7 +169,7 @@ class Trainer:
         save_network(self.net, self.net_config, self.out / f"{self.cfg.network}.pt")
 
     def _batch(self) -> dict:
-        sources = self.real + self.pool.sources
+        sources = self.real + self.pool.sources + self.synth.sources
         sample = sample_propmask_task if self.cfg.network == "propmask" else sample_box2mask
         batch = collate([sample(sources, self.rng, self.options) for _ in range(self.cfg.batch_size)])
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -155,7 +178,8 @@ class Trainer:
         """Network under autocast; losses in fp32 (bf16 sums over whole stacks lose precision)."""
         with autocast:
             if self.cfg.network == "propmask":
-                out = self.model(batch["guide_image"], batch["guide_mask"], batch["adjacent"])
+                out = self.model(batch["guide_image"], batch["guide_mask"], batch["adjacent"],
+                                 batch.get("memory_image"), batch.get("memory_mask"))
             else:
                 out = self.model(batch["image"])
         out = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in out.items()}
@@ -192,6 +216,7 @@ class Trainer:
             window_tasks += cfg.batch_size * self.world
             if self.step % cfg.phantom_refresh_every == 0:
                 self.pool.refresh(2, self.rng)
+                self.synth.refresh(4, self.rng)
             if self.step % cfg.log_every == 0:
                 elapsed = time.time() - window_start
                 self.log({"step": self.step, "tasks_seen": self.tasks_seen, "lr": round(group["lr"], 7),

@@ -1,0 +1,119 @@
+"""Anatomy-driven synthesis, lesion planting, the prompt memory and warm starts."""
+
+import numpy as np
+import pytest
+import torch
+
+from propsam.config import named_config
+from propsam.modeling import build_network
+from propsam.training.synthesis import LabelMap, SynthPool, anatomy_objects, plant_lesions, synthesize_image, synthetic_source
+from propsam.training.tasks import TaskOptions, sample_propmask_task
+from propsam.training.train import Trainer
+from propsam.weights import SHIPPED_MODELS_DIR
+from test_training import tiny_config
+
+
+def block_map() -> LabelMap:
+    """Three touching boxes and a separate one: real-looking neighbours without real data."""
+    labels = np.zeros((24, 48, 48), np.int16)
+    labels[4:20, 8:24, 8:20] = 1
+    labels[4:20, 8:24, 20:32] = 2  # touches 1
+    labels[6:18, 26:40, 10:30] = 3  # touches 1 and 2 along rows
+    labels[8:16, 8:16, 36:44] = 4
+    return LabelMap("blocks", labels, (2.0, 1.0, 1.0), np.random.default_rng(0).normal(100, 10, labels.shape).astype(np.float32))
+
+
+def test_synthesis_is_seeded_and_keeps_label_shapes():
+    maps = [block_map()]
+    a, b, c = synthetic_source(maps, 7), synthetic_source(maps, 7), synthetic_source(maps, 8)
+    assert np.array_equal(a.image, b.image) and a.spacing_zyx == b.spacing_zyx
+    assert not (a.image.shape == c.image.shape and np.array_equal(a.image, c.image))
+    assert a.objects and all(o.mask.sum() >= 60 for o in a.objects)
+
+
+@pytest.mark.parametrize("style", ["ct", "mr", "pet"])
+def test_each_style_gives_objects_including_neighbour_unions(style):
+    lm = block_map()
+    image, labels, spacing = synthesize_image(lm.labels.astype(np.int32), lm.spacing_zyx, style, np.random.default_rng(3))
+    assert image.shape == labels.shape and np.isfinite(image).all() and image.std() > 0
+    assert spacing[1:] == lm.spacing_zyx[1:] and spacing[0] >= lm.spacing_zyx[0]
+    names = {o.name for o in anatomy_objects(labels, np.random.default_rng(0))}
+    assert {"label_1", "label_2"} <= names and any(n.startswith("union_") for n in names)
+
+
+def test_thick_slices_keep_image_and_labels_aligned():
+    lm = block_map()
+    for seed in range(10):
+        image, labels, spacing = synthesize_image(lm.labels.astype(np.int32), (1.0, 1.0, 1.0), "mr", np.random.default_rng(seed))
+        assert labels.shape[0] == image.shape[0] and spacing[0] == pytest.approx(24 / 24 * round(spacing[0]))
+
+
+def test_planted_lesion_chains_touch_and_are_split_in_the_truth():
+    image = np.random.default_rng(1).normal(0, 1, (40, 64, 64)).astype(np.float32)
+    found_chain = False
+    for seed in range(12):
+        out, labels = plant_lesions(image, (1.0, 1.0, 1.0), np.random.default_rng(seed))
+        assert out.shape == image.shape and (out != image).any() == (labels.max() > 0)
+        for a in range(1, int(labels.max())):  # consecutive blobs of one chain share a face
+            grown = np.zeros_like(labels, bool)
+            grown[1:] |= labels[:-1] == a
+            grown[:-1] |= labels[1:] == a
+            grown[:, 1:] |= labels[:, :-1] == a
+            grown[:, :-1] |= labels[:, 1:] == a
+            if (grown & (labels == a + 1)).any():
+                found_chain = True
+    assert found_chain
+
+
+def test_synth_pool_state_rebuilds_the_same_pool():
+    maps = [block_map()]
+    pool = SynthPool(maps, 3, first_seed=10, weight=1.0)
+    pool.refresh(2, np.random.default_rng(0))
+    again = SynthPool(maps, 3, first_seed=10, weight=1.0, state=pool.state())
+    assert [s.id for s in again.sources] == [s.id for s in pool.sources]
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(again.sources, pool.sources))
+
+
+def memory_config():
+    from dataclasses import replace
+
+    return replace(named_config("lite").propmask, prompt_memory=True, base_channels=8, max_channels=32, image_size=32, stages=4, attention_stages=2)
+
+
+def test_prompt_memory_starts_as_a_no_op_and_then_matters():
+    torch.manual_seed(0)
+    net = build_network(memory_config()).eval()
+    g, m, adj = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float(), torch.rand(2, 3, 1, 32, 32)
+    mem_i, mem_m = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    with torch.no_grad():
+        without = net(g, m, adj)["masks"][0]
+        with_memory = net(g, m, adj, mem_i, mem_m)["masks"][0]
+        torch.testing.assert_close(without, with_memory)  # zero-initialised output projection
+        for block in net.memory_attention:
+            block.out_proj.weight.normal_(0, 0.1)
+        changed = net(g, m, adj, mem_i, mem_m)["masks"][0]
+    assert changed.shape == (2, 3, 1, 32, 32) and not torch.allclose(changed, without)
+
+
+def test_memory_tasks_carry_the_prompt_slice():
+    from propsam.training.phantom_sources import phantom_source
+
+    sources = [phantom_source(s, 1.0) for s in range(2)]
+    opt = TaskOptions(memory=True, perturb_guide=1.0, adjacent=3)
+    task = sample_propmask_task(sources, np.random.default_rng(2), opt)
+    assert task["memory_image"].shape == (1, 96, 96) and task["memory_mask"].sum() > 0
+    assert task["adjacent"].shape == (3, 1, 96, 96) and task["presence"].shape == (3,)
+
+
+def test_warm_start_from_shipped_weights_adds_only_the_memory(tmp_path):
+    weights = SHIPPED_MODELS_DIR / "lite" / "lite_propmask.pt"
+    if not weights.exists():
+        pytest.skip("shipped weights missing")
+    trainer = Trainer(tiny_config(tmp_path / "w", steps=1, network_overrides={"prompt_memory": True}, init_from=str(weights)))
+    shipped = torch.load(weights, weights_only=True)["state_dict"]
+    own = trainer.net.state_dict()
+    same = [k for k in shipped if torch.equal(own[k].half(), shipped[k])]
+    assert len(same) == len(shipped)
+    assert any(k.startswith("memory_attention.") for k in own) and not any(k.startswith("memory_attention.") for k in shipped)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        Trainer(tiny_config(tmp_path / "x", steps=1, network="box2mask", init_from=str(weights)))
