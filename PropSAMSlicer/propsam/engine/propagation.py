@@ -31,6 +31,7 @@ class PropagationOptions:
     min_area_px: int = 3  # ... but at least this many pixels
     presence_threshold: float = 0.5
     keep_connected: bool = True
+    prompt_memory: bool = True  # show the prompt slice to a PropMask built with a memory (off: ablation)
 
 
 @dataclass
@@ -90,7 +91,8 @@ def propagate(
             batch.append((side, targets))
         if not batch:
             break
-        probs, presence, rois = _predict_round(net, size, volume, batch, spacing_rc, options.context, lo, hi, window, device)
+        memory = (volume[guide_index], guide_mask) if options.prompt_memory and getattr(net, "memory_attention", None) else None
+        probs, presence, rois = _predict_round(net, size, volume, batch, spacing_rc, options.context, lo, hi, window, device, memory)
         stats.rounds += 1
         for (side, targets), prob, present, roi in zip(batch, probs, presence, rois):
             pasted, (r0, r1, c0, c1) = paste_from_model(torch.from_numpy(prob[: len(targets)]), roi, volume.shape[1:])
@@ -127,9 +129,12 @@ def propagate(
     return result, stats
 
 
-def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device):
-    """One PropMask call for all active sides; shorter sides are padded by repeating their last slice."""
-    images, masks, adjacent, rois = [], [], [], []
+def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device, memory=None):
+    """One PropMask call for all active sides; shorter sides are padded by repeating their last slice.
+
+    memory: (prompt plane, prompt mask), cropped like each side's guide, for a network with a memory.
+    """
+    images, masks, adjacent, rois, mem_images, mem_masks = [], [], [], [], [], []
     for side, targets in batch:
         roi = square_roi(side.mask, spacing_rc, context)
         grid = roi_grid(roi, size, volume.shape[1:])
@@ -141,8 +146,12 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
         masks.append((m > 0.5).float())
         adjacent.append(x[1:, None])
         rois.append(roi)
+        if memory is not None:
+            mem_images.append(crop_to_model(apply_window(torch.from_numpy(memory[0][None].astype(np.float32)), lo, hi), grid))
+            mem_masks.append((crop_to_model(torch.from_numpy(memory[1][None].astype(np.float32)), grid) > 0.5).float())
+    extra = [torch.stack(mem_images).to(device), torch.stack(mem_masks).to(device)] if memory is not None else []
     with torch.inference_mode(), autocast_for(device):
-        out = net(torch.stack(images).to(device), torch.stack(masks).to(device), torch.stack(adjacent).to(device))
+        out = net(torch.stack(images).to(device), torch.stack(masks).to(device), torch.stack(adjacent).to(device), *extra)
     probs = torch.sigmoid(out["masks"][0].float())[:, :, 0].cpu().numpy()
     if "presence" in out:
         presence = torch.sigmoid(out["presence"].float()).cpu().numpy()
