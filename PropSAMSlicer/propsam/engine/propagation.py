@@ -30,6 +30,8 @@ class PropagationOptions:
     min_area_fraction: float = 0.01  # of the prompt's area ...
     min_area_px: int = 3  # ... but at least this many pixels
     presence_threshold: float = 0.5
+    stop_patience: int = 1  # a side stops after this many failing slices in a row (2: look past one dip)
+    max_area_ratio: float = 0.0  # a slice larger than this x the prompt's fails (a leak into a neighbour); 0: off
     keep_connected: bool = True
     prompt_memory: bool = True  # show the prompt slice to a PropMask built with a memory (off: ablation)
 
@@ -67,6 +69,7 @@ def propagate(
     window = window_size(options.thickness_mm, spacing_prc[0], options.max_window)
     lo, hi = window_from_values(volume[guide_index][guide_mask])
     min_area = max(options.min_area_px, options.min_area_fraction * guide_mask.sum())
+    max_area = options.max_area_ratio * guide_mask.sum() if options.max_area_ratio > 0 else math.inf
     radius_mm = math.sqrt(guide_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
     expected_half = max(window, math.ceil(1.2 * radius_mm / spacing_prc[0]))
 
@@ -96,21 +99,23 @@ def propagate(
         stats.rounds += 1
         for (side, targets), prob, present, roi in zip(batch, probs, presence, rois):
             pasted, (r0, r1, c0, c1) = paste_from_model(torch.from_numpy(prob[: len(targets)]), roi, volume.shape[1:])
-            for j, t in enumerate(targets):
+            planes = []
+            for j in range(len(targets)):
                 plane = np.zeros(volume.shape[1:], np.float32)
                 plane[r0:r1, c0:c1] = pasted[j]
-                area = int((plane > 0.5).sum())
-                if present[j] < options.presence_threshold or area < min_area:
-                    side.active = False
-                    stats.stop_reasons[side.direction] = "object ended"
-                    break
+                planes.append(plane)
+            accepted, ended = _judge(planes, present[: len(targets)], min_area, max_area, options)
+            for t, plane in zip(targets, planes[:accepted]):
                 sums[t] = sums.get(t, 0) + plane
                 counts[t] = counts.get(t, 0) + 1
             side.travelled += len(targets)
             done += len(targets)
             stats.slices_predicted += len(targets)
-            if side.active:  # every target passed, so the window's last slice guides the next round
-                side.guide = targets[-1]
+            if ended:
+                side.active = False
+                stats.stop_reasons[side.direction] = "object ended"
+            else:  # the last accepted slice guides the next round
+                side.guide = targets[accepted - 1]
                 side.mask = sums[side.guide] / counts[side.guide] > 0.5
         if progress is not None:
             remaining = sum(
@@ -127,6 +132,27 @@ def propagate(
         result = keep_components_touching(result, guide_index, guide_mask)
     stats.extent = slice_extent(result, axis=0)
     return result, stats
+
+
+def _judge(planes, presence, min_area: float, max_area: float, options: PropagationOptions) -> tuple[int, bool]:
+    """How many of a window's slices to accept, and whether the object has ended.
+
+    A slice fails when the presence output says the object is absent, or its area is below the
+    minimum or above the leak limit. The object ends after `stop_patience` failures in a row; a
+    shorter run of failures followed by a passing slice is a dip (a small lesion fading for a
+    slice) and is accepted with its neighbours. A window that ends on pending failures hands the
+    last passing slice on as guide, so the failures are looked at again from there.
+    """
+    accepted, run = 0, 0
+    for j, plane in enumerate(planes):
+        area = int((plane > 0.5).sum())
+        if presence[j] < options.presence_threshold or area < min_area or area > max_area:
+            run += 1
+            if run >= options.stop_patience:
+                return accepted, True
+        else:
+            run, accepted = 0, j + 1
+    return accepted, accepted == 0
 
 
 def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device, memory=None):
