@@ -199,3 +199,147 @@ def test_malformed_manifest_is_a_weights_error(bundle_copy, content):
         edit_manifest(bundle_copy, content)
     with pytest.raises(WeightsError, match="manifest"):
         load_bundle(str(bundle_copy))
+
+
+# --- study file: concurrent writers (10), tamper evidence (15), damage (16), reading never writes (20) --
+
+STUDY_WRITER = """
+import sys, time
+from pathlib import Path
+from propsam.study.records import PromptRecord, StudyStore
+folder, reader, rounds, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for r in range(rounds):
+    (folder / f"ready{r}-{reader}").touch()
+    while not (folder / f"go{r}").exists():  # all writers open the new file at the same moment
+        time.sleep(0.0005)
+    with StudyStore(folder / f"study{r}.sqlite") as store:
+        for i in range(count):
+            store.append(PromptRecord("S", reader, f"case{i}", "obj", "one_view_box", 1.0 + i, 1.0, None, 0,
+                                      "2024-05-01T09:00:00", "0", "m"))
+"""
+
+
+def study_rows(path: Path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(path) as raw:
+        return raw.execute("SELECT * FROM prompts ORDER BY id").fetchall()
+
+
+def test_concurrent_study_writers_lose_nothing(tmp_path):
+    """N processes create and fill one new study file at once: every process succeeds and every
+    record is there, in one intact hash chain. The race is timing dependent, hence several rounds
+    (on the code before the fix most runs lost a writer's records in some round)."""
+    import subprocess
+    import sys
+    import time
+
+    from propsam.study.records import read_records
+
+    writers, rounds, each = 8, 12, 2
+    procs = [subprocess.Popen([sys.executable, "-c", STUDY_WRITER, str(tmp_path), f"R{w}", str(rounds), str(each)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(writers)]
+    deadline = time.monotonic() + 120
+    for r in range(rounds):
+        while len(list(tmp_path.glob(f"ready{r}-*"))) < writers and time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.005)
+        (tmp_path / f"go{r}").touch()
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert [r[2] for r in results] == [0] * writers, [r[1][-300:] for r in results if r[2]]
+    for r in range(rounds):
+        records = read_records(tmp_path / f"study{r}.sqlite")  # includes the tamper check of the shared chain
+        assert sorted((x.reader_id, x.case_id) for x in records) == sorted(
+            (f"R{w}", f"case{i}") for w in range(writers) for i in range(each))
+
+
+@pytest.fixture
+def study(tmp_path):
+    path = tmp_path / "study.sqlite"
+    assert main(["study", "simulate", str(path), "--readers", "2", "--cases", "1"]) == 0
+    return path
+
+
+def raw_edit(path: Path, *statements: str) -> None:
+    import sqlite3
+
+    raw = sqlite3.connect(path, isolation_level=None)
+    for statement in statements:
+        raw.execute(statement)
+    raw.close()
+
+
+def test_insert_or_replace_cannot_rewrite_a_row(study):
+    import sqlite3
+
+    before = study_rows(study)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        raw_edit(study, "INSERT OR REPLACE INTO prompts SELECT id, study_id, 'forger', case_id, object_name, "
+                        "prompt_type, 0.5, segmentation_seconds, dice, corrections, '1999-01-01', software_version, "
+                        "model_version, simulated, row_hash FROM prompts WHERE id = 1")
+    assert study_rows(study) == before
+
+
+def test_report_passes_an_intact_study_and_prints_its_chain_head(study, capsys):
+    assert main(["study", "report", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "tamper check passed: 6 rows hash-chained, chain head " + study_rows(study)[-1][-1] in out
+
+
+DROP = ["DROP TRIGGER prompts_append_only_update", "DROP TRIGGER prompts_append_only_delete"]
+
+
+def restore_triggers(path: Path) -> None:
+    from propsam.study.records import TRIGGERS_SQL
+
+    raw_edit(path, TRIGGERS_SQL["prompts_append_only_update"], TRIGGERS_SQL["prompts_append_only_delete"])
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ([DROP[1]], "trigger prompts_append_only_delete is missing"),
+    ([*DROP, "UPDATE prompts SET reader_id = 'forger' WHERE id = 2"], "row 2 was changed after it was written"),
+    ([*DROP, "UPDATE prompts SET prompt_seconds = prompt_seconds / 2"], "row 1 was changed after it was written"),
+    ([*DROP, "DELETE FROM prompts WHERE id = 3"], "row 3 is missing"),
+    ([*DROP, "DELETE FROM prompts WHERE id >= 5"], "rows 5..6 were deleted"),
+])
+def test_report_says_so_when_the_study_was_tampered_with(study, capsys, edit, problem):
+    raw_edit(study, *edit)
+    if edit[0] == DROP[0]:
+        restore_triggers(study)  # the forger covers the tracks; the chain still tells
+    assert main(["study", "report", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "FAILS its tamper check" in err and problem in err and len(err.strip().splitlines()) == 1
+
+
+def test_appending_to_a_study_whose_triggers_were_dropped_is_refused(study):
+    from propsam.errors import InputError
+    from propsam.study.records import StudyStore
+
+    raw_edit(study, DROP[0])
+    with pytest.raises(InputError, match="altered outside PropSAM"):
+        StudyStore(study)
+
+
+def test_a_study_with_a_damaged_page_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "study.sqlite"
+    assert main(["study", "simulate", str(path), "--readers", "4", "--cases", "10"]) == 0
+    data = bytearray(path.read_bytes())
+    assert len(data) >= 4 * 4096
+    data[2 * 4096: 3 * 4096] = bytes(range(256)) * 16  # page 3 overwritten with garbage
+    path.write_bytes(bytes(data))
+    assert main(["study", "report", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "malformed" in err
+
+
+def test_report_on_an_empty_file_writes_nothing(tmp_path, capsys):
+    import os
+
+    path = tmp_path / "empty.sqlite"
+    path.touch()
+    os.utime(path, (1_000_000_000, 1_000_000_000))
+    assert main(["study", "report", str(path)]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert path.stat().st_size == 0 and path.stat().st_mtime == 1_000_000_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]
