@@ -343,3 +343,79 @@ def test_report_on_an_empty_file_writes_nothing(tmp_path, capsys):
     assert "is empty" in capsys.readouterr().err
     assert path.stat().st_size == 0 and path.stat().st_mtime == 1_000_000_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]
+
+
+# --- item 19: DICOM-SEG text is valid for its VR and non-ASCII text survives a read-back -------------
+
+
+def ct3_series(tmp_path: Path, charset: str | None = None, patient: str | None = None) -> Path:
+    import pydicom
+
+    from conftest import shared_data_path
+
+    folder = tmp_path / "ct"
+    shutil.copytree(shared_data_path("dcmqi-ct3slice", "ct-3slice"), folder)
+    if charset:
+        for path in folder.iterdir():
+            ds = pydicom.dcmread(path)
+            ds.SpecificCharacterSet = charset
+            ds.PatientName = patient
+            ds.save_as(path)
+    return folder
+
+
+def ct3_mask() -> "np.ndarray":
+    import SimpleITK as sitk
+
+    from conftest import shared_data_path
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data_path("dcmqi-ct3slice", "liver_seg.nrrd"))))
+
+
+@pytest.mark.parametrize("label, problem", [
+    ("L" * 200, r"has 200 characters; DICOM \(LO\) allows at most 64"),
+    ("a\\b", "backslash"),
+    ("liver\nleft lobe", "control character"),
+    ("  ", "must not be blank"),
+])
+def test_segment_labels_invalid_for_lo_are_refused(tmp_path, label, problem):
+    from propsam.dicom.seg_export import SegmentSpec, export_dicom_seg
+    from propsam.errors import InputError
+
+    folder = ct3_series(tmp_path)
+    with pytest.raises(InputError, match=problem):
+        export_dicom_seg([SegmentSpec(ct3_mask(), label)], folder, tmp_path / "o.dcm", model_name="m")
+    assert not (tmp_path / "o.dcm").exists()
+
+
+def test_cli_refuses_a_long_label_and_a_long_code_meaning(tmp_path, capsys):
+    from conftest import shared_data_path
+
+    base = ["export-dicom-seg", "--seg", str(shared_data_path("dcmqi-ct3slice", "liver_seg.nrrd")),
+            "--dicom", str(ct3_series(tmp_path)), "--out", str(tmp_path / "o.dcm")]
+    assert main(base + ["--label", "x" * 65]) == 2
+    assert "allows at most 64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--type", "SCT:10200004:" + "Liver" * 13])
+    assert "code meaning" in capsys.readouterr().err
+    assert not (tmp_path / "o.dcm").exists()
+
+
+@pytest.mark.parametrize("charset, patient, label, written_as", [
+    (None, None, "肝臓 (liver)", "ISO_IR 192"),  # default repertoire cannot hold it: UTF-8
+    ("ISO_IR 100", "Müller^Jörg", "Läsion", "ISO_IR 100"),  # Latin-1 holds it: the source's set is kept
+    ("ISO_IR 100", "Müller^Jörg", "Опухоль", "ISO_IR 192"),  # it does not: UTF-8, patient name re-encoded
+])
+def test_non_ascii_labels_read_back_exactly(tmp_path, charset, patient, label, written_as):
+    import pydicom
+
+    from propsam.dicom.seg_export import SegmentSpec, export_dicom_seg
+
+    folder = ct3_series(tmp_path, charset, patient)
+    source_patient = str(pydicom.dcmread(next(folder.iterdir())).PatientName)
+    out = export_dicom_seg([SegmentSpec(ct3_mask(), label)], folder, tmp_path / "o.dcm", model_name="modèle")
+    back = pydicom.dcmread(out)
+    assert back.SpecificCharacterSet == written_as
+    assert back.SegmentSequence[0].SegmentLabel == label
+    assert str(back.PatientName) == source_patient
+    assert back.ManufacturerModelName == "modèle"
