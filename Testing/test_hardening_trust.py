@@ -419,3 +419,28 @@ def test_non_ascii_labels_read_back_exactly(tmp_path, charset, patient, label, w
     assert back.SegmentSequence[0].SegmentLabel == label
     assert str(back.PatientName) == source_patient
     assert back.ManufacturerModelName == "modèle"
+
+
+def test_report_after_a_writer_was_killed_mid_commit_reads_the_last_committed_rows(study, capsys):
+    """A writer killed while its journal is hot: the read-only report still opens the file (SQLite
+    restores the committed state from the journal) and sees exactly the committed rows."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, sqlite3
+raw = sqlite3.connect({str(study)!r}, isolation_level=None)
+raw.execute("PRAGMA cache_size = 5")  # small cache: pages spill to the file, the journal is hot
+raw.execute("BEGIN IMMEDIATE")
+for _ in range(300):
+    raw.execute("INSERT INTO prompts SELECT NULL, study_id, reader_id, ?, object_name, prompt_type, prompt_seconds,"
+                " segmentation_seconds, dice, corrections, started_at, software_version, model_version, simulated,"
+                " row_hash FROM prompts LIMIT 1", ["x" * 500])
+os.kill(os.getpid(), 9)
+"""
+    before = study_rows(study)
+    assert subprocess.run([sys.executable, "-c", script], timeout=120).returncode == -9
+    assert Path(f"{study}-journal").exists()
+    assert main(["study", "report", str(study)]) == 0
+    assert "tamper check passed: 6 rows" in capsys.readouterr().out
+    assert study_rows(study) == before
