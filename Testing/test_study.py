@@ -175,7 +175,7 @@ def test_killed_process_loses_only_the_prompt_in_progress(tmp_path):
         raw.execute("BEGIN IMMEDIATE")                 # and a row half-written by another connection
         raw.execute("INSERT INTO prompts SELECT NULL, study_id, reader_id, 'c9', object_name, prompt_type,"
                     " prompt_seconds, segmentation_seconds, dice, corrections, started_at,"
-                    " software_version, model_version, simulated FROM prompts LIMIT 1")
+                    " software_version, model_version, simulated, row_hash FROM prompts LIMIT 1")
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

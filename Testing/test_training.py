@@ -108,9 +108,9 @@ def test_bundle_from_trained_runs_loads_in_the_engine(tmp_path):
         "cord,b,thin,False,propsam-mask,default,0.1000,9.0\n"
         "phantom,p,o,True,propsam-mask,default,0.5000,2.0\n")
     assert main(["bundle", "--name", "tiny", "--box2mask", str(tmp_path / "bm" / "box2mask.pt"), "--propmask",
-                 str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(out), "--evaluation", str(results)]) == 0
+                 str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(out), "--evaluation", str(results), "--force"]) == 0
     table = json.loads((out / "manifest.json").read_text())["evaluation"]["headline_means"]["propsam-mask"]
     assert table["real objects"] == {"n": 2, "dice": 0.85, "hd95_mm": 4.0}
     assert table["phantom"]["n"] == 1 and table["cord"]["dice"] == 0.9
     assert main(["bundle", "--name", "tiny", "--box2mask", str(tmp_path / "bm" / "box2mask.pt"), "--propmask",
-                 str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(out), "--evaluation", str(tmp_path / "no.csv")]) == 2
+                 str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(out), "--evaluation", str(tmp_path / "no.csv"), "--force"]) == 2

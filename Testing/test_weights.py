@@ -8,7 +8,7 @@ import torch
 
 from propsam.engine.segmenter import Segmenter
 from propsam.errors import WeightsError
-from propsam.weights import load_bundle, resolve_model
+from propsam.weights import load_bundle, resolve_model, sha256_of
 
 
 @pytest.fixture
@@ -34,12 +34,12 @@ def test_corrupt_weights_are_refused_by_checksum(bundle_copy):
         load_bundle(str(bundle_copy))
 
 
-def test_truncated_file_without_checksum_is_refused_as_unreadable(bundle_copy):
-    manifest = json.loads((bundle_copy / "manifest.json").read_text())
-    del manifest["networks"]["box2mask"]["sha256"]
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+def test_truncated_file_with_a_matching_checksum_is_refused_as_unreadable(bundle_copy):
     path = bundle_copy / "box2mask.pt"
     path.write_bytes(path.read_bytes()[:1000])
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["networks"]["box2mask"]["sha256"] = sha256_of(path)
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(WeightsError, match="cannot be read"):
         load_bundle(str(bundle_copy))
 

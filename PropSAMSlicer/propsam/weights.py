@@ -55,44 +55,83 @@ def write_manifest(folder: str | os.PathLike, config: ModelConfig, files: dict[s
     return path
 
 
+def named_models() -> list[str]:
+    """Names that mean a model configuration: shipped bundles plus the named configurations."""
+    from .config import CONFIG_DIR
+
+    shipped = {p.parent.name for p in SHIPPED_MODELS_DIR.glob(f"*/{MANIFEST}")}
+    return sorted(shipped | {p.stem for p in CONFIG_DIR.glob("*.json")})
+
+
 def resolve_model(spec: str) -> Path:
-    """'lite' (shipped), or a bundle folder, or its manifest.json -> the manifest's path."""
+    """'lite' (shipped), or a bundle folder, or its manifest.json -> the manifest's path.
+
+    A model name always means the shipped model of that name, never a folder of that name in the
+    working directory (which anyone who can write there could have planted); write ./lite to
+    load such a folder.
+    """
+    if spec in named_models():
+        shipped = SHIPPED_MODELS_DIR / spec / MANIFEST
+        if shipped.is_file():
+            return shipped
+        raise WeightsError(
+            f"no {spec}-size weights ship with PropSAM; pass --model with the folder or manifest.json "
+            f"of your own {spec}-configuration checkpoint"
+        )
     candidate = Path(spec)
     if candidate.is_dir():
         candidate = candidate / MANIFEST
     if candidate.is_file():
         return candidate
-    shipped = SHIPPED_MODELS_DIR / spec / MANIFEST
-    if shipped.is_file():
-        return shipped
     known = sorted(p.parent.name for p in SHIPPED_MODELS_DIR.glob(f"*/{MANIFEST}"))
-    if spec == "paper":
-        raise WeightsError(
-            "no paper-size weights ship with PropSAM; pass --model with the folder or manifest.json "
-            "of your own paper-configuration checkpoint"
-        )
     raise WeightsError(f"model {spec!r} not found: not a bundle folder or manifest, and shipped models are {known}")
 
 
 def read_manifest(path: Path) -> dict:
+    """The manifest, checked to have every field loading relies on, with the right JSON types."""
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise WeightsError(f"model manifest {path} is unreadable: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise WeightsError(f"model manifest {path} holds a JSON {type(manifest).__name__}, expected an object")
     if manifest.get("format") != FORMAT:
         raise WeightsError(f"model manifest {path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    networks = manifest.get("networks")
+    if not isinstance(networks, dict) or not isinstance(manifest.get("config"), dict):
+        raise WeightsError(f"model manifest {path} needs objects 'config' and 'networks' (one entry per network)")
+    for name in NETWORKS:
+        entry = networks.get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"]:
+            raise WeightsError(f"model manifest {path}: networks.{name} needs a 'file' name (a string)")
+        sha256 = entry.get("sha256")
+        if not isinstance(sha256, str) or len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise WeightsError(f"model manifest {path}: networks.{name} needs its 'sha256' (64 lowercase hex digits)")
     return manifest
 
 
-def load_network(path: Path, expected: NetworkConfig, sha256: str | None, device: str = "cpu") -> torch.nn.Module:
+def weights_path(manifest_path: Path, file: str) -> Path:
+    """The weights file a manifest names, which must lie inside the manifest's own folder."""
+    folder = manifest_path.parent.resolve()
+    if Path(file).is_absolute() or Path(file).name != file:
+        raise WeightsError(f"model manifest {manifest_path} names weights {file!r}: expected a file name in the bundle folder")
+    path = (folder / file).resolve()  # follows links: a link out of the folder is refused too
+    if path.parent != folder:
+        raise WeightsError(f"model manifest {manifest_path} names weights {file!r}, which lies outside the bundle folder")
+    return path
+
+
+def load_network(path: Path, expected: NetworkConfig, sha256: str, device: str = "cpu") -> torch.nn.Module:
     if not path.is_file():
         raise WeightsError(f"weights file {path} is missing")
-    if sha256 is not None and sha256_of(path) != sha256:
+    if sha256_of(path) != sha256:
         raise WeightsError(f"weights file {path.name} is corrupt or replaced: its sha256 does not match the manifest")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         stored = NetworkConfig.from_dict(payload["config"])
         state = payload["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise TypeError("state_dict is not a mapping of tensors")
     except (InputError, KeyError, TypeError) as exc:
         raise WeightsError(f"weights file {path.name} has no valid configuration: {exc}") from None
     except Exception as exc:  # torch raises many kinds on a damaged file
@@ -104,6 +143,10 @@ def load_network(path: Path, expected: NetworkConfig, sha256: str | None, device
     mismatched = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if mismatched or set(state) - set(own):
         raise WeightsError(f"weights file {path.name} does not fit its configuration ({len(mismatched)} tensors differ)")
+    # NaN or Inf weights run without error and give a garbage mask: refuse them here
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise WeightsError(f"weights file {path.name} holds NaN or infinite values in {len(broken)} tensor(s), e.g. {broken[0]}")
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.to(device).eval()
 
@@ -114,11 +157,12 @@ def load_bundle(spec: str, device: str = "cpu") -> tuple[ModelConfig, dict, dict
     manifest = read_manifest(manifest_path)
     try:
         config = ModelConfig.from_dict(manifest["config"])
-        entries = {name: manifest["networks"][name] for name in NETWORKS}
-    except (KeyError, InputError) as exc:
-        raise WeightsError(f"model manifest {manifest_path} is incomplete: {exc}") from None
+    except (InputError, TypeError, ValueError) as exc:
+        raise WeightsError(f"model manifest {manifest_path} has an invalid configuration: {exc}") from None
+    entries = {name: manifest["networks"][name] for name in NETWORKS}
+    paths = {name: weights_path(manifest_path, entry["file"]) for name, entry in entries.items()}
     nets = {
-        name: load_network(manifest_path.parent / entry["file"], getattr(config, name), entry.get("sha256"), device)
+        name: load_network(paths[name], getattr(config, name), entry["sha256"], device)
         for name, entry in entries.items()
     }
     return config, manifest, nets

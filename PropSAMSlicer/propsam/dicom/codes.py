@@ -1,4 +1,5 @@
-"""Segmented property codes (category and type) for DICOM-SEG segments.
+"""Segmented property codes (category and type) for DICOM-SEG segments, and the rules for the
+user's text that goes into the SEG (labels, names, code meanings).
 
 Presets cover what PropSAM usually segments; any other concept is given as
 "SCHEME:VALUE:MEANING", e.g. "SCT:10200004:Liver".
@@ -21,6 +22,27 @@ SEGMENT_TYPES: dict[str, tuple[Code, Code]] = {
 }
 DEFAULT_SEGMENT_TYPE = "tissue"
 
+# most characters a value of these value representations may hold (PS3.5 table 6.2-1)
+MAX_CHARACTERS = {"SH": 16, "LO": 64}
+
+
+def check_text(value: str, what: str, vr: str = "LO") -> str:
+    """`value` as one valid value of a DICOM string VR, else InputError.
+
+    A backslash separates values (a\\b would be stored as two), control characters are not
+    allowed, and longer text would be cut or rejected by other DICOM software. Characters
+    outside ASCII are allowed: the exporter picks a character set that holds them."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{what} must not be blank")
+    shown = value if len(value) <= 40 else value[:40] + "..."
+    if "\\" in value:
+        raise InputError(f"{what} {shown!r} contains a backslash, which DICOM reads as a value separator")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InputError(f"{what} {shown!r} contains a control character (e.g. a line break)")
+    if len(value) > MAX_CHARACTERS[vr]:
+        raise InputError(f"{what} {shown!r} has {len(value)} characters; DICOM ({vr}) allows at most {MAX_CHARACTERS[vr]}")
+    return value
+
 
 def segment_type_codes(name: str) -> tuple[Code, Code]:
     try:
@@ -37,4 +59,7 @@ def parse_code(text: str) -> Code:
     if len(parts) != 3 or not all(p.strip() for p in parts):
         raise InputError(f"code {text!r} must be written as SCHEME:VALUE:MEANING, e.g. SCT:10200004:Liver")
     scheme, value, meaning = (p.strip() for p in parts)
+    check_text(scheme, "coding scheme", "SH")
+    check_text(value, "code value")  # longer than 16 characters: stored as LongCodeValue
+    check_text(meaning, "code meaning")
     return Code(value=value, scheme_designator=scheme, meaning=meaning)

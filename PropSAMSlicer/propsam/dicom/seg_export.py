@@ -13,6 +13,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom.charset
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -20,10 +21,11 @@ from pydicom.sr.coding import Code
 from .. import __version__
 from ..errors import InputError
 from ..io.atomic import atomic_path, check_writable
-from .codes import DEFAULT_SEGMENT_TYPE, segment_type_codes
+from .codes import DEFAULT_SEGMENT_TYPE, check_text, segment_type_codes
 from .grid import mask_on_grid
 from .series import SourceSeries, load_series
 
+UTF8 = "ISO_IR 192"
 SEMIAUTOMATIC = "SEMIAUTOMATIC"
 MANUAL = "MANUAL"
 
@@ -65,8 +67,10 @@ def export_dicom_seg(
     out_path = check_writable(out_path, force)
     if not segments:
         raise InputError("nothing to export: no segments given")
-    if not model_name.strip():
-        raise InputError("model name must not be blank (it identifies the algorithm in the SEG)")
+    texts = [check_text(spec.label, "segment label") for spec in segments]
+    texts += [check_text(model_name, "model name (it identifies the algorithm in the SEG)"),
+              check_text(algorithm_name, "algorithm name"), check_text(algorithm_version, "algorithm version")]
+    texts += [code.meaning for spec in segments for code in spec.property_codes()]
     series = load_series(dicom_dir, repair_uids=repair_uids)
     pixel_array = np.stack([_mask_array(spec, series) for spec in segments], axis=-1)
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -77,7 +81,8 @@ def export_dicom_seg(
     )
     descriptions = [_description(number, spec, algorithm) for number, spec in enumerate(segments, start=1)]
     try:
-        seg = _segmentation(series, pixel_array, descriptions, algorithm_name, algorithm_version, model_name)
+        seg = _segmentation(series, pixel_array, descriptions, algorithm_name, algorithm_version, model_name,
+                            _character_set(series, texts))
     except ValueError as exc:
         raise InputError(f"cannot build the DICOM-SEG: {exc}") from None
     with atomic_path(out_path) as tmp:
@@ -92,6 +97,7 @@ def _segmentation(
     algorithm_name: str,
     algorithm_version: str,
     model_name: str,
+    character_set: str | None,
 ) -> hd.seg.Segmentation:
     with warnings.catch_warnings():
         # the source's patient name is copied as is; its style is not ours to judge
@@ -112,14 +118,30 @@ def _segmentation(
             content_label="PROPSAM",
             content_description=_content_description(series),
             series_description=f"{algorithm_name} segmentation",
-            # a blank value in the source means the default repertoire, which highdicom rejects
-            specific_character_set=series.datasets[0].get("SpecificCharacterSet") or None,
+            specific_character_set=character_set,
         )
 
 
+def _character_set(series: SourceSeries, texts: list[str]):
+    """The source's SpecificCharacterSet if it can hold our text, else UTF-8 (ISO_IR 192).
+
+    pydicom re-encodes the copied patient data in the new set, so nothing is lost; a character
+    the set cannot hold would otherwise be written as '?'."""
+    source = series.datasets[0].get("SpecificCharacterSet") or None  # blank: default repertoire (ASCII)
+    if all(text.isascii() for text in texts):
+        return source
+    if isinstance(source, str) and source != UTF8:  # one set, no ISO 2022 code extensions
+        codec = pydicom.charset.convert_encodings([source])[0]
+        try:
+            for text in texts:
+                text.encode(codec)
+            return source
+        except UnicodeEncodeError:
+            pass
+    return UTF8
+
+
 def _mask_array(spec: SegmentSpec, series: SourceSeries) -> np.ndarray:
-    if not spec.label or not spec.label.strip():
-        raise InputError("every segment needs a non-blank label")
     if isinstance(spec.mask, sitk.Image):
         array = mask_on_grid(spec.mask, series.image, name=f"mask of segment {spec.label!r}")
     else:

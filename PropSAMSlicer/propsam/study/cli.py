@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import InputError
 from ..io.atomic import check_writable
-from .records import export_csv, read_records
+from .records import StudyStore, export_csv
 from .report import markdown_table, summarise, write_box_plot
 from .simulate import simulate_study
 
@@ -41,13 +41,16 @@ def run_report(args: argparse.Namespace) -> int:
     for out in (args.png, args.csv):
         if out:
             check_writable(out, args.force)  # fail before printing anything
-    records = read_records(args.study_file)
+    with StudyStore(args.study_file, create=False) as store:
+        rows, head = store.verify()  # a broken hash chain or a dropped trigger stops the report here
+        records = store.records()
     summaries = summarise(records)
     if any(r.simulated for r in records):
         print("**SIMULATED data** (made by `propsam study simulate`, not measured)\n")
     readers = len({r.reader_id for r in records})
     cases = len({r.case_id for r in records})
-    print(f"{len(records)} prompts, {readers} reader(s), {cases} case(s)\n")
+    print(f"{len(records)} prompts, {readers} reader(s), {cases} case(s)")
+    print(f"tamper check passed: {rows} rows hash-chained, chain head {head}\n")
     print(markdown_table(summaries))
     if args.png:
         print(f"\nwrote {write_box_plot(records, args.png, force=args.force)}")

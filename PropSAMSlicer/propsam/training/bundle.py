@@ -3,40 +3,76 @@
 from __future__ import annotations
 
 import datetime
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig, NetworkConfig
-from ..errors import InputError
-from ..weights import NETWORKS, write_manifest
+from ..errors import InputError, WeightsError
+from ..io.atomic import atomic_path
+from ..weights import MANIFEST, NETWORKS, write_manifest
+from .checkpoint import FILENAME as CHECKPOINT_FILENAME, load_checkpoint
+
+BUNDLE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # becomes part of the weights' file names
 
 
 def _run_summary(weights: Path) -> dict:
     """What the run folder's checkpoint says about how these weights were trained."""
-    checkpoint = weights.parent / "checkpoint.pt"
+    checkpoint = weights.parent / CHECKPOINT_FILENAME
     if not checkpoint.exists():
         return {}
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     cfg = state.get("train_config", {})
     keep = ("steps", "batch_size", "adjacent", "lr", "lr_min", "weight_decay", "seed", "phantom_pool", "network_overrides")
-    return {"steps_done": state["step"], "tasks_seen": state["tasks_seen"], "recipe": {k: cfg[k] for k in keep if k in cfg}}
+    try:
+        return {"steps_done": int(state["step"]), "tasks_seen": int(state["tasks_seen"]),
+                "recipe": {k: cfg[k] for k in keep if k in cfg}}
+    except (KeyError, TypeError, ValueError):
+        raise WeightsError(f"checkpoint {checkpoint} lacks the step count of its run") from None
 
 
-def make_bundle(name: str, weights: dict[str, Path], out_dir: Path, extra: dict | None = None) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _network_config(network: str, source: Path) -> NetworkConfig:
+    if not source.is_file():
+        raise InputError(f"{network} weights {source} do not exist")
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+        return NetworkConfig.from_dict(payload["config"])
+    except (InputError, KeyError, TypeError) as exc:
+        raise WeightsError(f"{network} weights {source} have no valid configuration: {exc}") from None
+    except Exception as exc:  # UnpicklingError (foreign objects) and the many errors of a damaged file
+        raise WeightsError(f"{network} weights {source} cannot be loaded safely: {type(exc).__name__}") from None
+
+
+def make_bundle(name: str, weights: dict[str, Path], out_dir: Path, extra: dict | None = None,
+                *, force: bool = False) -> Path:
+    """Copy the weights into `out_dir` and write its manifest; existing files only with force.
+
+    Everything is checked (sources, names, outputs) before the first file is written."""
+    if not BUNDLE_NAME.fullmatch(name):
+        raise InputError(f"model name {name!r} must be letters, digits, '_', '-' or '.', not starting with '.'")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out-dir {out_dir} is a file, expected a folder")
     configs, files, training = {}, {}, {}
     for network in NETWORKS:
         source = Path(weights[network])
-        if not source.is_file():
-            raise InputError(f"{network} weights {source} do not exist")
-        payload = torch.load(source, map_location="cpu", weights_only=True)
-        configs[network] = NetworkConfig.from_dict(payload["config"])
+        configs[network] = _network_config(network, source)
         files[network] = f"{name}_{network}.pt"
-        if source.resolve() != (out_dir / files[network]).resolve():
-            shutil.copyfile(source, out_dir / files[network])
         training[network] = _run_summary(source)
+    targets = [out_dir / MANIFEST] + [
+        out_dir / files[n] for n in NETWORKS if Path(weights[n]).resolve() != (out_dir / files[n]).resolve()
+    ]
+    for target in targets:
+        if target.exists() and not force:
+            raise InputError(f"bundle file {target} already exists; pass --force to replace the bundle")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for network in NETWORKS:
+        source, target = Path(weights[network]), out_dir / files[network]
+        if source.resolve() != target.resolve():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
     config = ModelConfig(name, configs["box2mask"], configs["propmask"])
     info = {"created": datetime.date.today().isoformat(), "training": training}
     info.update(extra or {})

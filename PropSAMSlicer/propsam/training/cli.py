@@ -25,6 +25,7 @@ def register(subparsers) -> None:
                    help="recorded in the manifest as the training data list")
     b.add_argument("--evaluation", help="results.csv of `propsam evaluate` on these weights: its headline table "
                                         "(mean Dice and HD95 per method and dataset) goes into the manifest")
+    b.add_argument("--force", action="store_true", help="replace an existing bundle in --out-dir")
     b.set_defaults(func=run_bundle)
 
 
@@ -49,6 +50,7 @@ def run_bundle(args) -> int:
         if not Path(args.evaluation).is_file():
             raise InputError(f"evaluation results {args.evaluation} do not exist")
         extra["evaluation"] = {"results": args.evaluation, "headline_means": headline_means(read_results(Path(args.evaluation)))}
-    manifest = make_bundle(args.name, {"box2mask": Path(args.box2mask), "propmask": Path(args.propmask)}, Path(args.out_dir), extra)
+    manifest = make_bundle(args.name, {"box2mask": Path(args.box2mask), "propmask": Path(args.propmask)}, Path(args.out_dir), extra,
+                           force=args.force)
     print(f"bundle: {manifest}")
     return 0

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 
 from ..config import NetworkConfig, named_config
-from ..io.atomic import atomic_path
 from ..modeling import build_network
 from ..weights import save_network
+from .checkpoint import FILENAME as CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from .losses import box2mask_loss, propmask_loss
 from .phantom_sources import PhantomPool
 from .sources import load_sources
@@ -123,7 +123,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+        return self.out / CHECKPOINT_FILENAME
 
     def _warm_start(self, path: Path) -> None:
         """Load a weights file's tensors; only parts the file cannot have (the prompt memory) stay new."""
@@ -137,7 +137,7 @@ class Trainer:
     def _resume(self) -> bool:
         if not self.checkpoint_path.exists():
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        state = load_checkpoint(self.checkpoint_path, map_location=self.device)
         if state["network_config"] != self.net_config.to_dict():
             raise RuntimeError(f"{self.checkpoint_path} belongs to another network configuration")
         self.net.load_state_dict(state["model"])
@@ -164,8 +164,7 @@ class Trainer:
             "tasks_seen": self.tasks_seen, "rng": rngs, "pools": pools, "synth_pools": synths, "torch_rng": torch.get_rng_state(),
             "network_config": self.net_config.to_dict(), "train_config": asdict(self.cfg),
         }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(state, self.checkpoint_path)
         save_network(self.net, self.net_config, self.out / f"{self.cfg.network}.pt")
 
     def _batch(self) -> dict:
