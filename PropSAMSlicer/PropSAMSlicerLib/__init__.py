@@ -4,13 +4,15 @@ Everything here takes the scene and nodes as arguments and never touches widgets
 headless on the MRML classes of the slicer-core package as well as inside Slicer.
 """
 
-from .logic import PropSAMLogic, RunResult, SegmentRequest, model_is_loaded
+from .logic import ChangedSinceRun, PropSAMLogic, RunResult, SegmentRequest, model_is_loaded, write_policy
 from .prompts import (
-    box_prompt_from_roi, constrain_roi_to_slice, mask_prompt_from_array, two_view_prompt_from_roi, view_axis,
+    box_prompt_from_roi, constrain_roi_to_slice, flatten_box_to_view, mask_prompt_from_array, two_view_prompt_from_roi,
+    view_axis,
 )
-from .worker import SegmentationJob
+from .worker import POLL_INTERVAL_MS, WAIT_SLICE_S, SegmentationJob
 
 __all__ = [
-    "PropSAMLogic", "RunResult", "SegmentRequest", "SegmentationJob", "box_prompt_from_roi", "constrain_roi_to_slice",
-    "mask_prompt_from_array", "model_is_loaded", "two_view_prompt_from_roi", "view_axis",
+    "POLL_INTERVAL_MS", "WAIT_SLICE_S", "ChangedSinceRun", "PropSAMLogic", "RunResult", "SegmentRequest",
+    "SegmentationJob", "box_prompt_from_roi", "constrain_roi_to_slice", "flatten_box_to_view", "mask_prompt_from_array",
+    "model_is_loaded", "two_view_prompt_from_roi", "view_axis", "write_policy",
 ]

@@ -19,7 +19,7 @@ from propsam.errors import Cancelled, InputError
 from .geometry import check_volume_node, geometry_fingerprint, node_name, volume_from_node
 from .segments import (
     MODEL_TAG, RESULT_TAG, TERMINOLOGY_TAG, SegmentSnapshot, check_labelmap_source, check_reference_geometry,
-    check_same_space, get_segment, mask_digest, other_segment_ids, segment_array, terminology_entry, volume_unchanged,
+    check_same_space, get_segment, mask_digest, other_object_ids, segment_array, terminology_entry, volume_unchanged,
     write_mask,
 )
 from .worker import FINISHED, SegmentationJob
@@ -40,6 +40,10 @@ def model_is_loaded(model: str, device: str) -> bool:
     return (model, device) in _loaded_models
 
 
+class ChangedSinceRun(InputError):
+    """Undo was asked for a result that was edited after the run (the panel asks the user)."""
+
+
 @dataclass
 class SegmentRequest:
     volume_node: object
@@ -53,6 +57,15 @@ class SegmentRequest:
     thickness_mm: float = 20.0
     context: float = 1.5
     allow_overlap: bool = True  # False: voxels already in another segment are left out of the result
+
+
+def write_policy(allow_overlap: bool) -> str:
+    """What a run overwrites, in the panel's words (PropSAM writes only its target segment)."""
+    if allow_overlap:
+        return ("Writes only the target segment; other segments are never changed, and the result may overlap "
+                "them. The Segment Editor's masking and overwrite settings are not applied.")
+    return ("Writes only the target segment; other segments are never changed, and voxels they already hold are "
+            "left out of the result. The Segment Editor's masking and overwrite settings are not applied.")
 
 
 @dataclass
@@ -130,7 +143,7 @@ class PropSAMLogic:
         result = job.result
         mask = np.array(result.mask, np.uint8)  # a copy: the job's result stays as the engine gave it
         if request.segmentation_node is not None and not request.allow_overlap:
-            for other in other_segment_ids(request.segmentation_node, request.segment_id):
+            for other in other_object_ids(request.segmentation_node, request.segment_id):
                 mask[segment_array(request.segmentation_node, other, request.volume_node) > 0] = 0
         if not mask.any():
             raise InputError(
@@ -142,6 +155,7 @@ class PropSAMLogic:
             segmentation_node, created = self._new_segmentation(request.volume_node), True
         segment_id = request.segment_id
         snapshot = SegmentSnapshot.take(segmentation_node, segment_id, created_node=created)
+        snapshot.volume_node_id, snapshot.written_digest = request.volume_node.GetID(), mask_digest(mask)
         set_reference = check_reference_geometry(segmentation_node, request.volume_node, segment_id)
         try:
             if set_reference:
@@ -180,10 +194,19 @@ class PropSAMLogic:
     def can_undo(self) -> bool:
         return bool(self.undo_stack)
 
-    def undo(self) -> None:
-        """Put the last run's segment (and reference geometry) back exactly as it was."""
+    def changed_since_run(self) -> str | None:
+        """What was done to the last run's result since it was written (None when untouched, or
+        nothing to undo); Undo would throw that away, so the panel asks first."""
+        return self.undo_stack[-1].changes_since_run(self.scene) if self.undo_stack else None
+
+    def undo(self, discard_changes: bool = False) -> None:
+        """Put the last run's segment (and reference geometry) back exactly as it was. If the result
+        was changed since the run, refuse unless `discard_changes` (the user confirmed)."""
         if not self.undo_stack:
             raise InputError("nothing to undo")
+        changed = self.changed_since_run()
+        if changed is not None and not discard_changes:
+            raise ChangedSinceRun(f"{changed}; Undo would discard that and restore the segment as it was before the run")
         self.undo_stack.pop().restore(self.scene)
 
     # --- helpers ----------------------------------------------------------------------------

@@ -145,6 +145,17 @@ def mask_prompt_from_array(mask3d: np.ndarray, axis: int | None = None, what: st
     return MaskPrompt.from_volume_mask(mask3d)
 
 
+def flatten_box_to_view(roi_node, slice_node, only_in_view: bool = True) -> None:
+    """Make a box drawn with two clicks (or click-drag) in a slice view a flat 2D box on that view's
+    slice: Slicer places such an ROI as a 3D box whose depth equals its shorter side. `only_in_view`
+    shows it in that view alone (the one-view box); a two-view box stays visible everywhere so its
+    depth can be dragged in an orthogonal view."""
+    constrain_roi_to_slice(roi_node, slice_node)
+    display = roi_node.GetDisplayNode()
+    if display is not None:
+        display.SetViewNodeIDs([slice_node.GetID()] if only_in_view else [])
+
+
 def constrain_roi_to_slice(roi_node, slice_node) -> None:
     """Flatten an ROI onto the view's slice plane through its centre: the box is then 2D in that view."""
     normal = matrix_to_numpy(slice_node.GetSliceToRAS())[:3, 2]

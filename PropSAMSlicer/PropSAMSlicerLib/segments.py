@@ -19,6 +19,7 @@ from .geometry import (
 
 RESULT_TAG = "PropSAM.ResultSHA256"  # digest of the mask PropSAM wrote: later edits are detectable
 MODEL_TAG = "PropSAM.Model"
+PROMPT_TAG = "PropSAM.Prompt"  # set on PropSAM's own prompt segments (the sketch): never an object of their own
 TERMINOLOGY_TAG = "TerminologyEntry"
 OWN_TAGS = (TERMINOLOGY_TAG, RESULT_TAG, MODEL_TAG)
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
@@ -89,6 +90,15 @@ def other_segment_ids(segmentation_node, segment_id: str | None) -> list[str]:
     ids = [segmentation_node.GetSegmentation().GetNthSegmentID(i)
            for i in range(segmentation_node.GetSegmentation().GetNumberOfSegments())]
     return [i for i in ids if i != segment_id]
+
+
+def is_prompt_segment(segmentation_node, segment_id: str) -> bool:
+    return bool(get_tag(get_segment(segmentation_node, segment_id), PROMPT_TAG))
+
+
+def other_object_ids(segmentation_node, segment_id: str | None) -> list[str]:
+    """The other segments that hold objects: PropSAM's prompt segments (the sketch) are not objects."""
+    return [i for i in other_segment_ids(segmentation_node, segment_id) if not is_prompt_segment(segmentation_node, i)]
 
 
 def reference_geometry(segmentation_node) -> str:
@@ -224,6 +234,8 @@ class SegmentSnapshot:
     labelmap: object = None  # vtkOrientedImageData copy, None when the segment was empty
     reference_geometry: str = ""
     reference_volume_id: str | None = None
+    volume_node_id: str | None = None  # the volume the run segmented (its grid reads the segment back)
+    written_digest: str | None = None  # mask_digest of what the run wrote: later edits are detectable
 
     @classmethod
     def take(cls, segmentation_node, segment_id: str, created_node: bool = False) -> "SegmentSnapshot":
@@ -253,6 +265,8 @@ class SegmentSnapshot:
         node = scene.GetNodeByID(self.segmentation_node_id)
         if node is None:
             raise InputError("the segmentation of the last run was deleted; nothing to undo")
+        if self.existed and node.GetSegmentation().GetSegment(self.segment_id) is None:
+            raise InputError("the segment of the last run was deleted; nothing to undo")
         segmentation = node.GetSegmentation()
         if not self.existed:
             if self.segment_id and segmentation.GetSegment(self.segment_id) is not None:
@@ -279,6 +293,22 @@ class SegmentSnapshot:
         node.SetNodeReferenceID(role, self.reference_volume_id)
         if self.created_node and segmentation.GetNumberOfSegments() == 0:
             remove_node(scene, node)
+
+
+    def changes_since_run(self, scene) -> str | None:
+        """What happened to the run's result since it was written (None: it is exactly as written)."""
+        node = scene.GetNodeByID(self.segmentation_node_id)
+        if node is None:
+            return "its segmentation was deleted"
+        if node.GetSegmentation().GetSegment(self.segment_id) is None:
+            return "its segment was deleted"
+        volume = scene.GetNodeByID(self.volume_node_id) if self.volume_node_id else None
+        if volume is None or volume.GetImageData() is None or self.written_digest is None:
+            return None  # nothing to compare against: Undo restores the snapshot as before
+        if mask_digest(segment_array(node, self.segment_id, volume)) != self.written_digest:
+            name = node.GetSegmentation().GetSegment(self.segment_id).GetName()
+            return f"segment '{name}' was edited after the run"
+        return None
 
 
 def remove_node(scene, node) -> None:
