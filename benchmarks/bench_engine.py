@@ -11,6 +11,7 @@ matmul peak measured in the same run. Each case runs in a fresh process so peaks
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import subprocess
 import sys
@@ -54,7 +55,10 @@ def run_case(config_name: str, device_name: str, slices: int, repeats: int) -> d
     device = pick_device(device_name)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads())
-    config = named_config(config_name).propmask
+    name, _, extra = config_name.partition("+")
+    config = named_config(name).propmask
+    if extra == "memory":  # e.g. lite+memory: the shipped size with the v2 prompt memory
+        config = replace(config, prompt_memory=True)
     torch.manual_seed(0)
     net = build_network(config).to(device).eval()
     # an object of `slices` 1.5 mm slices, 60 mm across in-plane at 0.8 mm pixels
@@ -76,15 +80,16 @@ def run_case(config_name: str, device_name: str, slices: int, repeats: int) -> d
     # every round sends a full window per side (shorter sides are padded)
     flops_per_slice = counter.get_total_flops() / (2 * window)
     propagate(*args[:-1], bounds=bounds)  # warm-up
-    times = []
+    times, cpu_times = [], []  # CPU time too: on a shared machine wall time also counts waiting
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         _, stats = propagate(*args[:-1], bounds=bounds)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     seconds = min(times)
     peak = matmul_gflops(device)
     computed_slices = stats.rounds * 2 * window
@@ -92,6 +97,7 @@ def run_case(config_name: str, device_name: str, slices: int, repeats: int) -> d
     return {
         "config": config_name, "device": str(device), "threads": torch.get_num_threads(), "object_slices": slices,
         "slices_predicted": stats.slices_predicted, "rounds": stats.rounds, "seconds_per_object": round(seconds, 3),
+        "cpu_seconds_per_object": round(min(cpu_times), 3),
         "seconds_per_slice": round(seconds / stats.slices_predicted, 4), "peak_memory_mb": round(peak_memory_mb(device)),
         "gflop_per_adjacent_slice": round(flops_per_slice / 1e9, 2), "achieved_gflops": round(achieved, 1),
         "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(achieved / peak, 3),
@@ -100,7 +106,7 @@ def run_case(config_name: str, device_name: str, slices: int, repeats: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="lite,paper")
+    parser.add_argument("--configs", default="lite,paper", help="named configurations; NAME+memory adds the prompt memory")
     parser.add_argument("--devices", default="cpu" + (",cuda" if torch.cuda.is_available() else ""))
     parser.add_argument("--slices", default="80,20")
     parser.add_argument("--repeats", type=int, default=2)
@@ -118,7 +124,7 @@ def main() -> None:
                                      capture_output=True, text=True, check=True)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    keys = ["config", "device", "threads", "object_slices", "rounds", "seconds_per_object", "seconds_per_slice",
+    keys = ["config", "device", "threads", "object_slices", "rounds", "seconds_per_object", "cpu_seconds_per_object", "seconds_per_slice",
             "peak_memory_mb", "gflop_per_adjacent_slice", "achieved_gflops", "matmul_peak_gflops", "fraction_of_peak"]
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
