@@ -25,7 +25,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from ..errors import InputError
+from ..errors import InputError, ResourceError
 from ..io.volume import read_image
 
 GEOMETRY_TOL = 1e-3  # direction cosines and pixel spacing, relative
@@ -150,3 +150,15 @@ def _check_uids(datasets: list[pydicom.Dataset], folder: Path) -> None:
             raise InputError(f"series {folder} mixes {len(values)} different {keyword} values")
     if len({str(ds.SOPInstanceUID) for ds in datasets}) != len(datasets):
         raise InputError(f"series {folder} has duplicate SOPInstanceUIDs")
+
+
+def check_written_dicom(path: str | os.PathLike, meant: pydicom.Dataset) -> None:
+    """A written DICOM file reads back whole: same instance, same pixel data length."""
+    try:
+        written = pydicom.dcmread(path)
+        complete = (str(written.SOPInstanceUID) == str(meant.SOPInstanceUID)
+                    and len(written.PixelData) == len(meant.PixelData))
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise ResourceError(f"the DICOM file does not read back ({type(exc).__name__}: {exc})") from None
+    if not complete:
+        raise ResourceError("the DICOM file read back is incomplete")
