@@ -68,7 +68,7 @@ def read_rows(csv_path: str) -> list[Namespace]:
     return rows
 
 
-def check_row(row: Namespace, force: bool, all_inputs: list[str]) -> dict:
+def check_row(row: Namespace, force: bool, images: list[str], files: list[str]) -> dict:
     """Everything that can be checked before work: prompt columns, slice options, outputs."""
     from .cli import AXES, check_object_outputs
 
@@ -85,7 +85,7 @@ def check_row(row: Namespace, force: bool, all_inputs: list[str]) -> dict:
             row.slice_index = int(row.slice_index)
         except ValueError:
             raise InputError(f"slice_index must be an integer, got {row.slice_index!r}") from None
-    return check_object_outputs(row.out, row.png, force, all_inputs)
+    return check_object_outputs(row.out, row.png, force, images, files)
 
 
 def run_batch(args) -> int:
@@ -93,12 +93,13 @@ def run_batch(args) -> int:
 
     check_options(args)
     rows = read_rows(args.prompts)
-    all_inputs = sorted({p for r in rows for p in (r.image, r.mask_prompt) if p})
+    images = sorted({r.image for r in rows if r.image})
+    files = sorted({r.mask_prompt for r in rows if r.mask_prompt})
     planned, failed = [], 0
     claimed: dict[Path, int] = {}  # output file -> row: two rows may not write one file
     for row in rows:
         try:
-            outputs = check_row(row, args.force, all_inputs)
+            outputs = check_row(row, args.force, images, files)
             for path in outputs.values():
                 other = claimed.setdefault(path.resolve(), row.row)
                 if other != row.row:

@@ -65,11 +65,14 @@ def check_options(args) -> None:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
 
 
-def check_object_outputs(out, png, force: bool, inputs: list) -> dict:
-    """Every output of one object, validated before any work (see io.atomic.check_outputs)."""
+def check_object_outputs(out, png, force: bool, images: list, files: list = ()) -> dict:
+    """Every output of one object, validated before any work (see io.atomic.check_outputs).
+    `images` may be DICOM series folders (nothing may be written inside one); `files` are other
+    inputs, which must be files (a folder given there is refused when it is read)."""
     from ..io.atomic import check_outputs
     from ..io.volume import OUTPUT_SUFFIXES
 
+    inputs = [*images, *(f for f in files if f and not Path(f).is_dir())]
     return check_outputs({"--out": (out, OUTPUT_SUFFIXES), "--png": (png, (".png",))}, force, inputs)
 
 
@@ -155,13 +158,14 @@ def segment_options(args):
 
 def run_segment(args) -> int:
     from ..io.volume import read_volume
-    from .segmenter import Segmenter
 
     check_options(args)
-    outputs = check_object_outputs(args.out, args.png, args.force, [args.image, args.mask_prompt])
+    outputs = check_object_outputs(args.out, args.png, args.force, [args.image], [args.mask_prompt])
     volume = read_volume(args.image)
     prompt = build_prompt(args, volume)
     prompt.validate(volume.shape)
+    from .segmenter import Segmenter  # torch: only once the inputs and outputs are known to be usable
+
     segmenter = Segmenter.load(args.model, args.device, threads=args.threads)
     progress = ProgressLine(args.quiet)
     try:
