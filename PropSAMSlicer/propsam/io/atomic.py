@@ -48,8 +48,10 @@ def check_writable(path: str | os.PathLike, force: bool, *, suffixes: Iterable[s
     folder = path.parent
     if not folder.is_dir():
         raise InputError(f"{what} folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{what} folder {folder} is not writable")
+    try:  # a real probe: os.access misses read-only mounts, ACLs and root squashing
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise InputError(f"{what} folder {folder} is not writable ({exc.strerror or exc})") from None
     return path
 
 
@@ -89,7 +91,7 @@ def _check_not_an_input(path: Path, inputs: Iterable[str | os.PathLike], what: s
 
 def check_not_empty(path: Path) -> None:
     if path.stat().st_size == 0:
-        raise ResourceError("0 bytes were written (is the disk full?)")
+        raise ResourceError("0 bytes were written")
 
 
 class AtomicOutputs:
@@ -120,7 +122,8 @@ class AtomicOutputs:
                 if verify is not None:
                     verify(tmp)
             except PropSAMError as exc:
-                raise ResourceError(f"writing {final} failed its check: {exc}") from None
+                raise ResourceError(f"{final} was not written correctly, nothing was saved: {exc} "
+                                    "(is the disk full?)") from None
         done: list[Path] = []  # committed and created by us: removed again if a later commit fails
         try:
             for final, tmp, _ in self._pending:
@@ -172,7 +175,7 @@ def atomic_outputs(replace: bool = True) -> Iterator[AtomicOutputs]:
             outputs.commit()
         except OSError as exc:
             names = ", ".join(str(final) for final, _, _ in outputs._pending) or "output"
-            raise ResourceError(f"cannot write {names}: {exc.strerror or exc}") from None
+            raise ResourceError(f"cannot write {names}: {_reason(exc)}") from None
     finally:
         outputs.discard()
 
@@ -184,6 +187,16 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = True, verify: Verify
     replace=False: fail (InputError) rather than replace a file that exists at commit time."""
     with atomic_outputs(replace) as outputs:
         yield outputs.add(path, verify)
+
+
+def _reason(exc: BaseException) -> str:
+    """The system's words for an OSError, also when a library wrapped it (pydicom adds a traceback)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _sync(path: Path) -> None:

@@ -11,6 +11,8 @@ import gzip
 import os
 import resource
 import struct
+import sys
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +187,26 @@ def _series_files(folder: Path) -> list[str]:
     return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
+@contextlib.contextmanager
+def quiet_library_output():
+    """Hold back what C libraries (GDCM, nifticlib, ITK) print to stderr themselves: every problem
+    they can report is turned into our own one-line error, which must not follow their noise."""
+    sys.stderr.flush()
+    try:
+        sink = tempfile.TemporaryFile()
+        saved = os.dup(2)
+    except OSError:  # no room even for that: let the libraries print
+        yield
+        return
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.close()
+
+
 def read_image(path: str | os.PathLike, what: str = "image", *, allow_2d: bool = False,
                allow_folder: bool = True) -> sitk.Image:
     """Read a NIfTI/NRRD/MHA file or a DICOM series folder, refusing what the engine cannot use:
@@ -222,7 +244,8 @@ def read_image(path: str | os.PathLike, what: str = "image", *, allow_2d: bool =
                     f"expected a scalar {what}, {path.name} has {reader.GetNumberOfComponents()} components per voxel"
                 )
         check_fits_in_memory(size)
-        image = reader.Execute()
+        with quiet_library_output():
+            image = reader.Execute()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reader error"
         raise InputError(f"cannot read {what} {path}: {first}") from None
@@ -379,12 +402,17 @@ def write_mask(volume: Volume, mask: np.ndarray, path: str | os.PathLike, *, for
     image = volume.to_sitk(mask.astype(np.uint8))
 
     def verify(tmp: Path) -> None:
-        check_written_image(read_image(tmp, "written mask"), image, path)
+        try:
+            written = read_image(tmp, "the mask")
+        except InputError as exc:  # said of the temporary name: say it of the output
+            raise ResourceError(str(exc).replace(f" {tmp}", "")) from None
+        check_written_image(written, image, path)
 
     with contextlib.nullcontext(outputs) if outputs is not None else atomic_outputs(replace=force) as group:
         tmp = group.add(path, verify)
         try:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+            with quiet_library_output():
+                sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as exc:
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "writer error"
             raise ResourceError(f"cannot write {path}: {last}") from None

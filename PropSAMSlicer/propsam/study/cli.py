@@ -38,9 +38,9 @@ def register(subparsers) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    for out in (args.png, args.csv):
-        if out:
-            check_writable(out, args.force)  # fail before printing anything
+    for out, suffixes in ((args.png, (".png",)), (args.csv, None)):
+        if out:  # fail before printing anything
+            check_writable(out, args.force, suffixes=suffixes, inputs=[args.study_file])
     records = read_records(args.study_file)
     summaries = summarise(records)
     if any(r.simulated for r in records):
