@@ -20,14 +20,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO, shared_data_path
+import propsam
+from conftest import shared_data_path
 from phantom_volumes import sphere_volume, write_volume
 from propsam.cli import main
 from propsam.errors import InputError, ResourceError
-from propsam.io.atomic import atomic_path, check_outputs, check_writable
-from propsam.io.volume import Volume, read_image, write_mask
+from propsam.io.volume import Volume, write_mask
 
-PACKAGE = REPO / "PropSAMSlicer"
+# subprocesses run the package this test imported (so the tests can be pointed at an older copy)
+PACKAGE = Path(propsam.__file__).resolve().parents[1]
 LIDC = ("lidc-idri-subsets", "LIDC-IDRI-0003")
 CT3 = ("dcmqi-ct3slice", "ct-3slice")
 
@@ -128,6 +129,8 @@ def test_item1_silently_truncated_write_is_caught_by_the_read_back(sphere, tmp_p
 
 
 def test_item1_atomic_path_verify_failure_and_empty_file_leave_nothing(tmp_path):
+    from propsam.io.atomic import atomic_path
+
     def refuse(path):
         raise ResourceError("not what was meant")
 
@@ -236,6 +239,8 @@ def test_item5_png_equal_to_out_is_refused_before_work(random_model, sphere, tmp
     code, text = run(["segment", "--image", path, "--out", out, "--png", out, "--model", random_model.parent] + BOX,
                      capsys)
     assert code == 2 and not out.exists(), text
+    from propsam.io.atomic import check_outputs
+
     (tmp_path / "sub").mkdir()
     with pytest.raises(InputError, match="name the same file"):
         check_outputs({"--png": (tmp_path / "a.png", None), "--csv": (tmp_path / "sub" / ".." / "a.png", None)},
@@ -448,6 +453,8 @@ def test_item17_unwritable_folder_is_detected_by_a_probe(tmp_path, monkeypatch):
 
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
+
+    from propsam.io.atomic import check_writable
 
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
     with pytest.raises(InputError, match="not writable"):
