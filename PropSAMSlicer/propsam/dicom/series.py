@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from ..errors import InputError, ResourceError
-from ..io.volume import read_image
+from ..io.volume import SLICE_POSITION_TOL, read_image
 
 GEOMETRY_TOL = 1e-3  # direction cosines and pixel spacing, relative
 
@@ -98,8 +98,9 @@ def _order_by_position(datasets: list[pydicom.Dataset], image: sitk.Image) -> li
     n_slices = image.GetSize()[2]
     if len(datasets) != n_slices:
         raise InputError(f"series has {len(datasets)} instances but its grid has {n_slices} slices")
-    # a slice further than this from every instance means uneven spacing or a missing slice
-    tol = max(0.01, 0.1 * image.GetSpacing()[2])
+    # the reader's rule (io.volume.check_even_slices): farther than this from every instance means
+    # uneven spacing or a missing slice
+    tol = max(0.001, SLICE_POSITION_TOL * image.GetSpacing()[2])
     ordered = []
     for k in range(n_slices):
         point = np.array(image.TransformIndexToPhysicalPoint((0, 0, k)))
