@@ -229,11 +229,12 @@ def test_mask_on_another_grid_is_refused(tmp_path):
 
 
 def test_folder_with_two_series_is_refused(tmp_path):
+    (tmp_path / "two").mkdir()
     for n in (1, 2):
         for f in sorted(lidc_series(n).iterdir())[:2]:
-            shutil.copy(f, tmp_path / f"{n}_{f.name}")
+            shutil.copy(f, tmp_path / "two" / f"{n}_{f.name}")
     with pytest.raises(InputError, match="holds 2 DICOM series"):
-        export_dicom_seg([SegmentSpec(np.ones((4, 512, 512), np.uint8), "x")], tmp_path, tmp_path / "o.dcm",
+        export_dicom_seg([SegmentSpec(np.ones((4, 512, 512), np.uint8), "x")], tmp_path / "two", tmp_path / "o.dcm",
                          model_name="m")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..io.atomic import check_outputs
 from ..io.volume import read_image
 from .codes import DEFAULT_SEGMENT_TYPE, SEGMENT_TYPES, parse_code
 from .seg_export import SegmentSpec, export_dicom_seg
@@ -44,7 +45,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    mask = read_image(args.seg)
+    # every output is checked before any reading: never into the series folder, never over the mask
+    check_outputs({"--out": (args.out, None)}, args.force, inputs=[args.seg, args.dicom])
+    mask = read_image(args.seg, "--seg mask", allow_folder=False)
     values = _segment_values(mask, args.seg)
     labels = args.label or [f"Segment {v}" for v in values]
     if len(labels) != len(values):

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..io.atomic import atomic_path, check_writable
 from .codes import DEFAULT_SEGMENT_TYPE, check_text, segment_type_codes
 from .grid import mask_on_grid
-from .series import SourceSeries, load_series
+from .series import SourceSeries, check_written_dicom, load_series
 
 UTF8 = "ISO_IR 192"
 SEMIAUTOMATIC = "SEMIAUTOMATIC"
@@ -64,7 +64,7 @@ def export_dicom_seg(
     repair_uids: bool = True,
 ) -> Path:
     """Write `segments` as a DICOM-SEG referencing the series in `dicom_dir`; returns the path."""
-    out_path = check_writable(out_path, force)
+    out_path = check_writable(out_path, force, inputs=[dicom_dir])
     if not segments:
         raise InputError("nothing to export: no segments given")
     texts = [check_text(spec.label, "segment label") for spec in segments]
@@ -85,7 +85,7 @@ def export_dicom_seg(
                             _character_set(series, texts))
     except ValueError as exc:
         raise InputError(f"cannot build the DICOM-SEG: {exc}") from None
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, replace=force, verify=lambda tmp: check_written_dicom(tmp, seg)) as tmp:
         seg.save_as(tmp)
     return out_path
 

@@ -25,8 +25,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from ..errors import InputError
-from ..io.volume import read_image
+from ..errors import InputError, ResourceError
+from ..io.volume import SLICE_POSITION_TOL, read_image
 
 GEOMETRY_TOL = 1e-3  # direction cosines and pixel spacing, relative
 
@@ -98,8 +98,9 @@ def _order_by_position(datasets: list[pydicom.Dataset], image: sitk.Image) -> li
     n_slices = image.GetSize()[2]
     if len(datasets) != n_slices:
         raise InputError(f"series has {len(datasets)} instances but its grid has {n_slices} slices")
-    # a slice further than this from every instance means uneven spacing or a missing slice
-    tol = max(0.01, 0.1 * image.GetSpacing()[2])
+    # the reader's rule (io.volume.check_even_slices): farther than this from every instance means
+    # uneven spacing or a missing slice
+    tol = max(0.001, SLICE_POSITION_TOL * image.GetSpacing()[2])
     ordered = []
     for k in range(n_slices):
         point = np.array(image.TransformIndexToPhysicalPoint((0, 0, k)))
@@ -150,3 +151,15 @@ def _check_uids(datasets: list[pydicom.Dataset], folder: Path) -> None:
             raise InputError(f"series {folder} mixes {len(values)} different {keyword} values")
     if len({str(ds.SOPInstanceUID) for ds in datasets}) != len(datasets):
         raise InputError(f"series {folder} has duplicate SOPInstanceUIDs")
+
+
+def check_written_dicom(path: str | os.PathLike, meant: pydicom.Dataset) -> None:
+    """A written DICOM file reads back whole: same instance, same pixel data length."""
+    try:
+        written = pydicom.dcmread(path)
+        complete = (str(written.SOPInstanceUID) == str(meant.SOPInstanceUID)
+                    and len(written.PixelData) == len(meant.PixelData))
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise ResourceError(f"the DICOM file does not read back ({type(exc).__name__}: {exc})") from None
+    if not complete:
+        raise ResourceError("the DICOM file read back is incomplete")

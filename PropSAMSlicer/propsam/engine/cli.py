@@ -1,27 +1,39 @@
-"""`propsam segment` and `propsam info`."""
+"""`propsam segment` and `propsam info`.
+
+One object is done in three steps that `propsam segment-batch` (engine/batch.py) shares:
+`check_object_outputs` validates every output before any work, `build_prompt` reads the prompt,
+and `write_object_outputs` writes the mask and its PNG together (both or neither).
+Heavy modules (torch, SimpleITK, matplotlib) are imported inside the functions that need them,
+so `propsam --help` and argument errors stay fast.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InputError
 from .prompts import AXES
+
+
+def add_engine_options(p) -> None:
+    """Options shared by `segment` and `segment-batch`."""
+    p.add_argument("--model", default="lite", help="lite, paper, or a model folder / manifest.json")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for the engine (default: $OMP_NUM_THREADS if set, else the idle cores)")
+    p.add_argument("--thickness-mm", type=float, default=20.0, help="propagation thickness per round (mm)")
+    p.add_argument("--context", type=float, default=1.5, help="ROI size as a multiple of the mask's box")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("segment", help="segment one object from a one-view (or two-view) prompt")
     p.add_argument("--image", required=True, help="NIfTI/NRRD/MHA file or a DICOM series folder")
-    p.add_argument("--out", required=True, help="output mask (.nii.gz, .nrrd, .mha), on the image's grid")
-    p.add_argument("--model", default="lite", help="lite, paper, or a model folder / manifest.json")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--thickness-mm", type=float, default=20.0, help="propagation thickness per round (mm)")
-    p.add_argument("--context", type=float, default=1.5, help="ROI size as a multiple of the mask's box")
+    p.add_argument("--out", required=True, help="output mask (.nrrd, .mha, .nii.gz, .nii), on the image's grid")
     p.add_argument("--png", help="write an overlay montage PNG here")
-    p.add_argument("--force", action="store_true", help="replace existing output files")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_engine_options(p)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--box", help="X0,Y0,X1,Y1: inclusive array indices on the prompt slice (see README)")
     prompt.add_argument("--mask-prompt", help="mask on the image grid with one non-empty slice, or a 2D mask file")
@@ -44,98 +56,148 @@ def _ints(text: str, count: int, flag: str) -> tuple[int, ...]:
     return values
 
 
+def check_options(args) -> None:
+    if not 1.0 <= args.context <= 4.0:
+        raise InputError(f"--context must be within 1..4, got {args.context}")
+    if not 0 < args.thickness_mm <= 200:
+        raise InputError(f"--thickness-mm must be within (0, 200], got {args.thickness_mm}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+
+
+def check_object_outputs(out, png, force: bool, images: list, files: list = ()) -> dict:
+    """Every output of one object, validated before any work (see io.atomic.check_outputs).
+    `images` may be DICOM series folders (nothing may be written inside one); `files` are other
+    inputs, which must be files (a folder given there is refused when it is read)."""
+    from ..io.atomic import check_outputs
+    from ..io.volume import OUTPUT_SUFFIXES
+
+    inputs = [*images, *(f for f in files if f and not Path(f).is_dir())]
+    return check_outputs({"--out": (out, OUTPUT_SUFFIXES), "--png": (png, (".png",))}, force, inputs)
+
+
 def build_prompt(args, volume):
-    from ..io.volume import read_image
+    """The prompt from --box / --two-view-box / --mask-prompt (+ --slice-index/--slice-axis)."""
+    from ..io.volume import Volume, read_image
     from .prompts import BoxPrompt, MaskPrompt, TwoViewBoxPrompt
 
     axis = AXES[args.slice_axis]
-    if args.box:
+    if args.box is not None:
+        box = _ints(args.box, 4, "--box")
         if args.slice_index is None:
             raise InputError("--box needs --slice-index (and --slice-axis if not z)")
-        return BoxPrompt(args.slice_index, _ints(args.box, 4, "--box"), axis)
-    if args.two_view_box:
+        return BoxPrompt(args.slice_index, box, axis)
+    if args.two_view_box is not None:
         return TwoViewBoxPrompt(_ints(args.two_view_box, 6, "--two-view-box"))
     import SimpleITK as sitk
 
-    image = read_image(args.mask_prompt) if not _is_2d(args.mask_prompt) else sitk.ReadImage(str(args.mask_prompt))
-    array = sitk.GetArrayFromImage(image)
-    if array.ndim == 2:
+    image = read_image(args.mask_prompt, "mask prompt", allow_2d=True, allow_folder=False)
+    if image.GetDimension() == 2:
         if args.slice_index is None:
             raise InputError("a 2D --mask-prompt needs --slice-index (and --slice-axis if not z)")
-        return MaskPrompt(args.slice_index, array > 0, axis)
-    from ..io.volume import Volume
-
+        return MaskPrompt(args.slice_index, sitk.GetArrayFromImage(image) > 0, axis)
     prompt_volume = Volume.from_sitk(image)
     if not prompt_volume.same_grid(volume):
         raise InputError("--mask-prompt is not on the image's grid (size, spacing, origin or direction differ)")
     return MaskPrompt.from_volume_mask(prompt_volume.array > 0)
 
 
-def _is_2d(path: str) -> bool:
-    import SimpleITK as sitk
+def write_object_outputs(volume, result, out: Path, png: Path | None, force: bool, title: str) -> None:
+    """The mask and its preview, committed together: never a mask without its requested PNG."""
+    from ..io.atomic import atomic_outputs
+    from ..io.preview import write_preview
+    from ..io.volume import write_mask
 
-    if not Path(path).is_file():
-        raise InputError(f"mask prompt {path} does not exist")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(f"cannot read mask prompt {path}") from None
-    return reader.GetDimension() == 2
+    with atomic_outputs(replace=force) as outputs:
+        write_mask(volume, result.mask, out, outputs=outputs)
+        if png is not None:
+            write_preview(volume.array, result.mask, result.axis, result.slice_index, png, title=title, outputs=outputs)
+
+
+def nifti_grid_note(volume, out: Path) -> str:
+    """NIfTI keeps the grid only to float32: say so when that changes this image's grid."""
+    import numpy as np
+
+    from ..io.volume import geometry_rtol
+
+    if geometry_rtol(out) == 1e-12:
+        return ""
+    values = np.array(volume.spacing + volume.origin, dtype=np.float64)
+    change = float(np.abs(values.astype(np.float32).astype(np.float64) - values).max())
+    if change == 0:
+        return ""
+    return (f"note: NIfTI stores the grid as float32; {out.name}'s spacing/origin differ from the input's by up to "
+            f"{change:.2g} mm (.nrrd or .mha keep it exactly)")
+
+
+class ProgressLine:
+    """'propagating: k/n slices' rewritten in place on stderr; `end` closes the line, so that a
+    following message (an error too) starts on a line of its own."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.open = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.quiet:
+            print(f"\rpropagating: {done}/{total} slices", end="", file=sys.stderr, flush=True)
+            self.open = True
+
+    def end(self) -> None:
+        if self.open:
+            print(file=sys.stderr, flush=True)
+            self.open = False
+
+
+def segment_options(args):
+    from .propagation import PropagationOptions
+    from .segmenter import SegmentOptions
+
+    return SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context))
 
 
 def run_segment(args) -> int:
-    from ..io.atomic import check_writable
-    from ..io.preview import write_preview
-    from ..io.volume import read_volume, write_mask
-    from .propagation import PropagationOptions
-    from .segmenter import SegmentOptions, Segmenter
+    from ..io.volume import read_volume
 
-    check_writable(args.out, args.force)
-    if args.png:
-        check_writable(args.png, args.force)
-    if not 1.0 <= args.context <= 4.0:
-        raise InputError(f"--context must be within 1..4, got {args.context}")
-    if not 0 < args.thickness_mm <= 200:
-        raise InputError(f"--thickness-mm must be within (0, 200], got {args.thickness_mm}")
+    check_options(args)
+    outputs = check_object_outputs(args.out, args.png, args.force, [args.image], [args.mask_prompt])
     volume = read_volume(args.image)
     prompt = build_prompt(args, volume)
     prompt.validate(volume.shape)
-    segmenter = Segmenter.load(args.model, args.device)
+    from .segmenter import Segmenter  # torch: only once the inputs and outputs are known to be usable
 
-    def progress(done: int, total: int) -> None:
-        if not args.quiet:
-            print(f"\rpropagating: {done}/{total} slices", end="", file=sys.stderr, flush=True)
-
-    options = SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context))
-    result = segmenter.segment(volume, prompt, options, progress=progress)
-    if not args.quiet:
-        print(file=sys.stderr)
-    write_mask(volume, result.mask, args.out)
-    if args.png:
-        write_preview(volume.array, result.mask, result.axis, result.slice_index, args.png,
-                      title=f"PropSAM {segmenter.config.name}: {Path(args.image).name}")
+    segmenter = Segmenter.load(args.model, args.device, threads=args.threads)
+    progress = ProgressLine(args.quiet)
+    try:
+        result = segmenter.segment(volume, prompt, segment_options(args), progress=progress)
+    finally:
+        progress.end()
+    out, png = outputs["--out"], outputs.get("--png")
+    write_object_outputs(volume, result, out, png, args.force, f"PropSAM {segmenter.config.name}: {Path(args.image).name}")
+    note = nifti_grid_note(volume, out)
+    if note:
+        print(f"propsam: {note}", file=sys.stderr)
     lo, hi = result.stats.extent
     print(
         f"segmented {int(result.mask.sum())} voxels on slices {lo}..{hi} along {'zyx'[result.axis]} "
         f"in {result.seconds:.2f} s ({result.stats.slices_predicted} slices predicted, {result.stats.rounds} rounds, "
-        f"device {segmenter.device.type}); mask: {args.out}" + (f"; preview: {args.png}" if args.png else "")
+        f"device {segmenter.device.type}); mask: {out}" + (f"; preview: {png}" if png else "")
     )
     return 0
 
 
 def run_info(args) -> int:
+    import numpy as np
     import SimpleITK as sitk
     import torch
 
     from .. import __version__
     from ..weights import MANIFEST, SHIPPED_MODELS_DIR, read_manifest
-    from .device import pick_device
+    from .device import default_threads, pick_device
 
     print(f"propsam {__version__}; python {sys.version.split()[0]}; torch {torch.__version__}; "
           f"SimpleITK {sitk.Version.VersionString()}; numpy {np.__version__}")
-    print(f"device (auto): {pick_device('auto')}; torch CPU threads: {torch.get_num_threads()}")
+    print(f"device (auto): {pick_device('auto')}; engine CPU threads (default): {default_threads()}")
     manifests = sorted(SHIPPED_MODELS_DIR.glob(f"*/{MANIFEST}"))
     if not manifests:
         print(f"models: none found in {SHIPPED_MODELS_DIR}")

@@ -19,7 +19,7 @@ from ..io.volume import Volume, check_finite
 from ..weights import load_bundle
 from .box2mask_predictor import WindowSearch, box_to_mask
 from .control import CancelToken, ProgressCallback
-from .device import cpu_threads, pick_device
+from .device import default_threads, pick_device
 from .orientation import canonical_flips, flip_array, flip_plane, flip_prompt
 from .prompts import BoxPrompt, MaskPrompt, Prompt, TwoViewBoxPrompt
 from .propagation import PropagationOptions, PropagationStats, propagate
@@ -62,10 +62,10 @@ class Segmenter:
 
     @classmethod
     def load(cls, model: str = "lite", device: str = "auto", threads: int | None = None) -> "Segmenter":
-        """threads: CPU threads for torch (default: all usable cores; Slicer may keep one for its GUI)."""
+        """threads: CPU threads for torch (default: device.default_threads; Slicer may keep one for its GUI)."""
         dev = pick_device(device)
         if dev.type == "cpu":
-            torch.set_num_threads(threads or cpu_threads())
+            torch.set_num_threads(threads or default_threads())
         config, manifest, nets = load_bundle(model, str(dev))
         return cls(config, nets, dev, manifest)
 

@@ -6,11 +6,27 @@ import os
 
 import numpy as np
 
-from .atomic import atomic_path
+from ..errors import ResourceError
+from .atomic import AtomicOutputs, atomic_path
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
+
+
+def check_png(path) -> None:
+    """A written PNG is complete: it starts with the signature and ends with the IEND chunk."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - len(PNG_END)))
+        tail = f.read()
+    if head != PNG_SIGNATURE or tail != PNG_END:
+        raise ResourceError("the PNG read back is incomplete")
 
 
 def write_preview(image: np.ndarray, mask: np.ndarray, axis: int, prompt_index: int, path: str | os.PathLike,
-                  title: str = "", panels: int = 6) -> None:
+                  title: str = "", panels: int = 6, *, force: bool = True, outputs: AtomicOutputs | None = None) -> None:
+    """Write the montage atomically (verified with `check_png`); with `outputs` it joins that group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,6 +51,11 @@ def write_preview(image: np.ndarray, mask: np.ndarray, axis: int, prompt_index: 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    try:
+        if outputs is not None:
+            fig.savefig(outputs.add(path, check_png), dpi=90, format="png")
+        else:
+            with atomic_path(path, replace=force, verify=check_png) as tmp:
+                fig.savefig(tmp, dpi=90, format="png")
+    finally:
+        plt.close(fig)

@@ -38,9 +38,9 @@ def register(subparsers) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    for out in (args.png, args.csv):
-        if out:
-            check_writable(out, args.force)  # fail before printing anything
+    for out, suffixes in ((args.png, (".png",)), (args.csv, None)):
+        if out:  # fail before printing anything
+            check_writable(out, args.force, suffixes=suffixes, inputs=[args.study_file])
     with StudyStore(args.study_file, create=False) as store:
         rows, head = store.verify()  # a broken hash chain or a dropped trigger stops the report here
         records = store.records()

@@ -321,7 +321,7 @@ def read_records(path: str | os.PathLike) -> list[PromptRecord]:
 
 def export_csv(records: list[PromptRecord], out_path: str | os.PathLike, *, force: bool = False) -> Path:
     out_path = check_writable(out_path, force)
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, replace=force) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)

@@ -112,6 +112,6 @@ def write_box_plot(records: list[PromptRecord], out_path: str | os.PathLike, *, 
     ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, replace=force) as tmp:
         fig.savefig(tmp, format="png")
     return out_path

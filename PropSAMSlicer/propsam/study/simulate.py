@@ -47,7 +47,7 @@ def simulate_study(path: str | os.PathLike, *, readers: int, cases: int, seed: i
     path = check_writable(path, force)
     rng = np.random.default_rng(seed)
     clock = SimulatedClock()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=force) as tmp:
         tmp.unlink()  # StudyStore creates the file itself
         with StudyStore(tmp) as store:
             for reader in range(1, readers + 1):

@@ -71,7 +71,7 @@ def make_bundle(name: str, weights: dict[str, Path], out_dir: Path, extra: dict 
     for network in NETWORKS:
         source, target = Path(weights[network]), out_dir / files[network]
         if source.resolve() != target.resolve():
-            with atomic_path(target) as tmp:
+            with atomic_path(target, replace=force) as tmp:
                 shutil.copyfile(source, tmp)
     config = ModelConfig(name, configs["box2mask"], configs["propmask"])
     info = {"created": datetime.date.today().isoformat(), "training": training}
