@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     prompt.add_argument("--two-view-box", help="X0,Y0,Z0,X1,Y1,Z1: inclusive array indices of a 3D box")
     p.add_argument("--slice-index", type=int, help="prompt slice index (with --box or a 2D --mask-prompt)")
     p.add_argument("--slice-axis", default="z", choices=sorted(AXES), help="array axis the prompt slice is normal to")
+    p.add_argument("--corrections", help="corrections.json: corrections applied in order after the run (see docs/CORRECTIONS.md)")
     p.set_defaults(func=run_segment)
 
     q = subparsers.add_parser("info", help="versions, device and models found")
@@ -89,6 +90,8 @@ def run_segment(args) -> int:
     from ..io.atomic import check_writable
     from ..io.preview import write_preview
     from ..io.volume import read_volume, write_mask
+    from .confidence import slice_confidence
+    from .corrections import apply_corrections, read_corrections
     from .propagation import PropagationOptions
     from .segmenter import SegmentOptions, Segmenter
 
@@ -102,6 +105,7 @@ def run_segment(args) -> int:
     volume = read_volume(args.image)
     prompt = build_prompt(args, volume)
     prompt.validate(volume.shape)
+    corrections = read_corrections(args.corrections, volume) if args.corrections else []
     segmenter = Segmenter.load(args.model, args.device)
 
     def progress(done: int, total: int) -> None:
@@ -110,6 +114,7 @@ def run_segment(args) -> int:
 
     options = SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context))
     result = segmenter.segment(volume, prompt, options, progress=progress)
+    result = apply_corrections(segmenter, volume, result, corrections, options, progress=progress)
     if not args.quiet:
         print(file=sys.stderr)
     write_mask(volume, result.mask, args.out)
@@ -122,6 +127,8 @@ def run_segment(args) -> int:
         f"in {result.seconds:.2f} s ({result.stats.slices_predicted} slices predicted, {result.stats.rounds} rounds, "
         f"device {segmenter.device.type}); mask: {args.out}" + (f"; preview: {args.png}" if args.png else "")
     )
+    suspects = slice_confidence(result.mask, result.axis, result.stats.presence, result.stats.agreement).suspects()
+    print(f"least confident slices: {', '.join(map(str, suspects)) or 'none'}" + (f" (after {len(corrections)} correction(s))" if corrections else ""))
     return 0
 
 

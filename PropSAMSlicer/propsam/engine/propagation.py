@@ -39,6 +39,18 @@ class PropagationStats:
     slices_predicted: int = 0
     extent: tuple[int, int] = (0, 0)  # first and last slice of the result along the axis
     stop_reasons: dict = field(default_factory=dict)  # direction -> why it stopped
+    # per-slice confidence (see engine/confidence.py): slice -> the presence output, for every
+    # predicted slice including the one that ended a side; slice -> agreement of the averaged
+    # probability with the final mask, for the slices kept
+    presence: dict = field(default_factory=dict)
+    agreement: dict = field(default_factory=dict)
+
+    def mirror(self, last: int) -> None:
+        """Re-index to a reversed axis (slice k -> last - k, direction d -> -d)."""
+        self.extent = (last - self.extent[1], last - self.extent[0])
+        self.stop_reasons = {-d: why for d, why in self.stop_reasons.items()}
+        self.presence = {last - k: v for k, v in self.presence.items()}
+        self.agreement = {last - k: v for k, v in self.agreement.items()}
 
 
 @dataclass
@@ -58,14 +70,21 @@ def propagate(
     net, size: int, volume: np.ndarray, spacing_prc: tuple[float, float, float], guide_index: int,
     guide_mask: np.ndarray, device: torch.device, options: PropagationOptions = PropagationOptions(),
     bounds: tuple[int, int] | None = None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+    reference: tuple[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, PropagationStats]:
-    """volume (P, R, C) raw; guide_mask (R, C) bool on slice guide_index -> (P, R, C) uint8 mask."""
+    """volume (P, R, C) raw; guide_mask (R, C) bool on slice guide_index -> (P, R, C) uint8 mask.
+
+    reference: (slice, mask) that sets the intensity window and the minimum area; default the
+    guide. A correction re-propagating from a later slice passes the prompt's, so the object is
+    judged by the same yardstick as in the first run. Bounds limit the run to one side.
+    """
     depth = volume.shape[0]
     lo_bound, hi_bound = bounds if bounds is not None else (0, depth - 1)
     spacing_rc = spacing_prc[1:]
     window = window_size(options.thickness_mm, spacing_prc[0], options.max_window)
-    lo, hi = window_from_values(volume[guide_index][guide_mask])
-    min_area = max(options.min_area_px, options.min_area_fraction * guide_mask.sum())
+    ref_index, ref_mask = reference if reference is not None else (guide_index, guide_mask)
+    lo, hi = window_from_values(volume[ref_index][ref_mask])
+    min_area = max(options.min_area_px, options.min_area_fraction * ref_mask.sum())
     radius_mm = math.sqrt(guide_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
     expected_half = max(window, math.ceil(1.2 * radius_mm / spacing_prc[0]))
 
@@ -98,6 +117,7 @@ def propagate(
                 plane = np.zeros(volume.shape[1:], np.float32)
                 plane[r0:r1, c0:c1] = pasted[j]
                 area = int((plane > 0.5).sum())
+                stats.presence[t] = min(stats.presence.get(t, 1.0), float(present[j]))
                 if present[j] < options.presence_threshold or area < min_area:
                     side.active = False
                     stats.stop_reasons[side.direction] = "object ended"
@@ -123,6 +143,9 @@ def propagate(
     result[guide_index] = guide_mask
     if options.keep_connected:
         result = keep_components_touching(result, guide_index, guide_mask)
+    for t, total in sums.items():
+        if t != guide_index and result[t].any():
+            stats.agreement[t] = soft_agreement(total / counts[t], result[t] > 0)
     stats.extent = slice_extent(result, axis=0)
     return result, stats
 
@@ -149,6 +172,13 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
     else:
         presence = np.ones(probs.shape[:2], np.float32)
     return probs, presence, rois
+
+
+def soft_agreement(probability: np.ndarray, mask: np.ndarray) -> float:
+    """Soft Dice of a slice's averaged probability with its final mask: 1 when every prediction
+    of the slice is sharp and they coincide, lower where they hesitate or disagree."""
+    total = float(probability.sum() + mask.sum())
+    return 2.0 * float(probability[mask].sum()) / total if total > 0 else 1.0
 
 
 def keep_components_touching(mask: np.ndarray, guide_index: int, guide_mask: np.ndarray) -> np.ndarray:
