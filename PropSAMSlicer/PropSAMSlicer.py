@@ -235,6 +235,8 @@ class PropSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.setInterval(100)
         self.timer.timeout.connect(self.onPoll)
         self.initializeParameterNode()
+        from PropSAMSlicerLib.correction_panel import build_correction_panel
+        self.correctionPanel = build_correction_panel(self)
 
     def cleanup(self):
         if self.job is not None:
@@ -536,6 +538,7 @@ class PropSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.reportError(exc)
         else:
             self.showResult(result)
+            self.correctionPanel.attach(job, result)
         self.updateGui()
 
     def showResult(self, result):

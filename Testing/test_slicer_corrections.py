@@ -177,3 +177,18 @@ def test_confidence_and_views(case, scene):
     sagittal = slice_view(scene, rotated_to_volume(session.volume_node, 2), name="Yellow")
     with pytest.raises(InputError, match="propagated along z"):
         session.slice_in_view(sagittal)
+
+
+def test_panel_compiles_and_the_module_widget_hooks_it(tmp_path):
+    """The Qt panel cannot run headless; it must compile, and the widget must build and attach it."""
+    import ast
+    import py_compile
+
+    from conftest import REPO
+
+    panel = REPO / "PropSAMSlicer" / "PropSAMSlicerLib" / "correction_panel.py"
+    py_compile.compile(str(panel), cfile=str(tmp_path / "p.pyc"), doraise=True)
+    tree = ast.parse((REPO / "PropSAMSlicer" / "PropSAMSlicer.py").read_text())
+    calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+             for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert {"build_correction_panel", "attach"} <= calls
