@@ -110,6 +110,19 @@ def test_stop_clears_beyond_the_slice_without_running_the_network(segmenter, sph
     assert fixed.stats.stop_reasons[1] == USER_STOP and fixed.stats.extent == (first, last)
 
 
+def test_a_stop_holds_for_later_corrections_on_its_side_until_continue(segmenter, sphere):
+    volume, truth, p = sphere
+    first, last = slice_extent(truth)
+    run = segmenter.segment(volume, MaskPrompt(p, truth[p] > 0))
+    stopped = apply_correction(segmenter, volume, run, Correction("stop", last - 6))
+    again = apply_correction(segmenter, volume, stopped, Correction("mask", p + 4, mask=truth[p + 4] > 0))
+    assert again.stats.extent[1] == last - 6 and again.stats.stop_reasons[1] == USER_STOP
+    both = apply_correction(segmenter, volume, again, Correction("mask", p, mask=truth[p] > 0))
+    assert both.stats.extent[1] == last - 6 and abs(both.stats.extent[0] - first) <= 1
+    on = apply_correction(segmenter, volume, both, Correction("continue", last - 6))
+    assert abs(on.stats.extent[1] - last) <= 1
+
+
 def test_stop_on_the_prompt_slice_needs_a_direction(segmenter, sphere):
     volume, truth, p = sphere
     result = result_from(truth, p, truth[p] > 0)

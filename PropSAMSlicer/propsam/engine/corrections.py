@@ -8,7 +8,8 @@ on that side change:
 - "mask": the corrected 2D mask of slice k (painted). Slice k becomes it, and the slices beyond
   are propagated again from it.
 - "box": a 2D box on slice k; Box2Mask turns it into the mask, then as "mask".
-- "stop": the object ends at slice k; the slices beyond are cleared.
+- "stop": the object ends at slice k; the slices beyond are cleared. The stop holds for later
+  corrections on its side: re-propagating from a slice before it ends there (until a "continue").
 - "continue": the object goes on past slice k. One window past k is predicted from the result's
   slice k without the stop rule, then propagation goes on from there as in a run.
 
@@ -171,12 +172,19 @@ def _correct_canonical(segmenter, array, spacing_xyz, axis, current, prompt_inde
     def beyond(t: int, start: int = k) -> bool:
         return any((t - start) * d > 0 for d in sides)
 
-    def bounds(start: int, stop: int | None = None) -> tuple[int, int] | None:
-        if len(sides) == 2:
-            return None
-        if sides[0] > 0:
-            return start, depth - 1 if stop is None else min(depth - 1, stop)
-        return 0 if stop is None else max(0, stop), start
+    # an earlier "stop" still holds on its side: re-propagation from a slice before it ends there
+    filled = np.flatnonzero(current.reshape(depth, -1).any(1))
+    user_ends = {d: int(filled[-1] if d > 0 else filled[0]) for d in sides
+                 if stats.stop_reasons.get(d) == USER_STOP and filled.size and kind != "continue"}
+
+    def bounds(start: int, stop: int | None = None) -> tuple[int, int]:
+        lo, hi = 0, depth - 1
+        for d, end in list(user_ends.items()) + ([(sides[0], stop)] if stop is not None else []):
+            if (end - start) * d > 0:
+                lo, hi = (lo, min(hi, end)) if d > 0 else (max(lo, end), hi)
+        if len(sides) == 1:
+            lo, hi = (start, hi) if sides[0] > 0 else (lo, start)
+        return lo, hi
 
     out = np.array(current, np.uint8)
     for t in range(depth):
@@ -199,6 +207,9 @@ def _correct_canonical(segmenter, array, spacing_xyz, axis, current, prompt_inde
         new.presence.update({t: v for t, v in run_stats.presence.items() if beyond(t, guide_index)})
         new.agreement.update({t: v for t, v in run_stats.agreement.items() if beyond(t, guide_index)})
         new.stop_reasons.update({d: run_stats.stop_reasons[d] for d in sides if d in run_stats.stop_reasons})
+        for d, end in user_ends.items():  # ended on the user's stop: it still is the reason
+            if (end - guide_index) * d > 0 and new.stop_reasons.get(d) == "edge":
+                new.stop_reasons[d] = USER_STOP
         return mask
 
     if kind in ("mask", "box"):

@@ -48,6 +48,10 @@ def run(args) -> int:
 
     if args.phantoms < 0 or (args.max_objects is not None and args.max_objects < 1):
         raise InputError("--phantoms must be >= 0 and --max-objects >= 1")
+    if args.corrections is not None and args.corrections < 1:
+        raise InputError(f"--corrections must be >= 1, got {args.corrections}")
+    if args.corrections is not None and (args.methods or args.robustness):
+        raise InputError("--corrections simulates a user correcting propsam-box; it takes no --methods or --robustness")
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     real = eval_datasets(data_dir)
     datasets = choose(args.datasets, real + [PHANTOM_DATASET], "dataset")
@@ -67,8 +71,6 @@ def run(args) -> int:
     outputs = OUTPUTS + ((ROBUSTNESS_FIGURE,) if args.robustness else ())
     if args.corrections is not None:
         from .corrections import OUTPUTS as outputs
-        if args.corrections < 1:
-            raise InputError("--corrections must be >= 1")
     for name in outputs:
         check_writable(out_dir / name, args.force)
 
