@@ -254,6 +254,8 @@ class PropSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onPoll)
         self.initializeParameterNode()
+        from PropSAMSlicerLib.correction_panel import build_correction_panel
+        self.correctionPanel = build_correction_panel(self)
 
     def cleanup(self):
         self.stopWatchingSliceViews()
@@ -624,6 +626,7 @@ class PropSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.reportError(exc)
         else:
             self.showResult(result)
+            self.correctionPanel.attach(job, result)
         self.updateGui()
 
     def showResult(self, result):

@@ -24,11 +24,11 @@ def planes(*areas):
 ])
 def test_patience(presence, patience, expected):
     opt = PropagationOptions(stop_patience=patience)
-    assert _judge(planes(*[30] * len(presence)), np.array(presence, float), 3, np.inf, opt) == expected
+    assert _judge(planes(*[30] * len(presence)), np.array(presence, float), 3, np.inf, opt)[:2] == expected
 
 
 def test_area_bounds_fail_a_slice():
     opt = PropagationOptions()
-    assert _judge(planes(30, 2, 30), np.ones(3), 3, np.inf, opt) == (1, True)  # too small
-    assert _judge(planes(30, 90, 30), np.ones(3), 3, 60, opt) == (1, True)  # a leak: larger than allowed
-    assert _judge(planes(30, 90, 30), np.ones(3), 3, np.inf, opt) == (3, False)
+    assert _judge(planes(30, 2, 30), np.ones(3), 3, np.inf, opt) == (1, True, 2)  # too small
+    assert _judge(planes(30, 90, 30), np.ones(3), 3, 60, opt) == (1, True, 2)  # a leak: larger than allowed
+    assert _judge(planes(30, 90, 30), np.ones(3), 3, np.inf, opt) == (3, False, 3)

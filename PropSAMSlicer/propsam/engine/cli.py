@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     prompt.add_argument("--two-view-box", help="X0,Y0,Z0,X1,Y1,Z1: inclusive array indices of a 3D box")
     p.add_argument("--slice-index", type=int, help="prompt slice index (with --box or a 2D --mask-prompt)")
     p.add_argument("--slice-axis", default="z", choices=sorted(AXES), help="array axis the prompt slice is normal to")
+    p.add_argument("--corrections", help="corrections.json: corrections applied in order after the run (see docs/CORRECTIONS.md)")
     p.set_defaults(func=run_segment)
 
     q = subparsers.add_parser("info", help="versions, device and models found")
@@ -160,16 +161,23 @@ def run_segment(args) -> int:
     from ..io.volume import read_volume
 
     check_options(args)
-    outputs = check_object_outputs(args.out, args.png, args.force, [args.image], [args.mask_prompt])
+    outputs = check_object_outputs(args.out, args.png, args.force, [args.image], [args.mask_prompt, args.corrections])
     volume = read_volume(args.image)
     prompt = build_prompt(args, volume)
     prompt.validate(volume.shape)
-    from .segmenter import Segmenter  # torch: only once the inputs and outputs are known to be usable
+    # torch is imported only now, once the inputs and outputs are known to be usable
+    from .confidence import slice_confidence
+    from .corrections import apply_corrections, read_corrections
+    from .segmenter import Segmenter
+
+    corrections = read_corrections(args.corrections, volume) if args.corrections else []
 
     segmenter = Segmenter.load(args.model, args.device, threads=args.threads)
     progress = ProgressLine(args.quiet)
+    options = segment_options(args)
     try:
-        result = segmenter.segment(volume, prompt, segment_options(args), progress=progress)
+        result = segmenter.segment(volume, prompt, options, progress=progress)
+        result = apply_corrections(segmenter, volume, result, corrections, options, progress=progress)
     finally:
         progress.end()
     out, png = outputs["--out"], outputs.get("--png")
@@ -183,6 +191,8 @@ def run_segment(args) -> int:
         f"in {result.seconds:.2f} s ({result.stats.slices_predicted} slices predicted, {result.stats.rounds} rounds, "
         f"device {segmenter.device.type}); mask: {out}" + (f"; preview: {png}" if png else "")
     )
+    suspects = slice_confidence(result.mask, result.axis, result.stats.presence, result.stats.agreement).suspects()
+    print(f"least confident slices: {', '.join(map(str, suspects)) or 'none'}" + (f" (after {len(corrections)} correction(s))" if corrections else ""))
     return 0
 
 

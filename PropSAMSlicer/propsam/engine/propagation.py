@@ -42,6 +42,18 @@ class PropagationStats:
     slices_predicted: int = 0
     extent: tuple[int, int] = (0, 0)  # first and last slice of the result along the axis
     stop_reasons: dict = field(default_factory=dict)  # direction -> why it stopped
+    # per-slice confidence (see engine/confidence.py): slice -> the presence output, for every
+    # predicted slice including the one that ended a side; slice -> agreement of the averaged
+    # probability with the final mask, for the slices kept
+    presence: dict = field(default_factory=dict)
+    agreement: dict = field(default_factory=dict)
+
+    def mirror(self, last: int) -> None:
+        """Re-index to a reversed axis (slice k -> last - k, direction d -> -d)."""
+        self.extent = (last - self.extent[1], last - self.extent[0])
+        self.stop_reasons = {-d: why for d, why in self.stop_reasons.items()}
+        self.presence = {last - k: v for k, v in self.presence.items()}
+        self.agreement = {last - k: v for k, v in self.agreement.items()}
 
 
 @dataclass
@@ -61,15 +73,22 @@ def propagate(
     net, size: int, volume: np.ndarray, spacing_prc: tuple[float, float, float], guide_index: int,
     guide_mask: np.ndarray, device: torch.device, options: PropagationOptions = PropagationOptions(),
     bounds: tuple[int, int] | None = None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+    reference: tuple[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, PropagationStats]:
-    """volume (P, R, C) raw; guide_mask (R, C) bool on slice guide_index -> (P, R, C) uint8 mask."""
+    """volume (P, R, C) raw; guide_mask (R, C) bool on slice guide_index -> (P, R, C) uint8 mask.
+
+    reference: (slice, mask) that sets the intensity window and the minimum area; default the
+    guide. A correction re-propagating from a later slice passes the prompt's, so the object is
+    judged by the same yardstick as in the first run. Bounds limit the run to one side.
+    """
     depth = volume.shape[0]
     lo_bound, hi_bound = bounds if bounds is not None else (0, depth - 1)
     spacing_rc = spacing_prc[1:]
     window = window_size(options.thickness_mm, spacing_prc[0], options.max_window)
-    lo, hi = window_from_values(volume[guide_index][guide_mask])
-    min_area = max(options.min_area_px, options.min_area_fraction * guide_mask.sum())
-    max_area = options.max_area_ratio * guide_mask.sum() if options.max_area_ratio > 0 else math.inf
+    ref_index, ref_mask = reference if reference is not None else (guide_index, guide_mask)
+    lo, hi = window_from_values(volume[ref_index][ref_mask])
+    min_area = max(options.min_area_px, options.min_area_fraction * ref_mask.sum())
+    max_area = options.max_area_ratio * ref_mask.sum() if options.max_area_ratio > 0 else math.inf
     radius_mm = math.sqrt(guide_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
     expected_half = max(window, math.ceil(1.2 * radius_mm / spacing_prc[0]))
 
@@ -104,7 +123,9 @@ def propagate(
                 plane = np.zeros(volume.shape[1:], np.float32)
                 plane[r0:r1, c0:c1] = pasted[j]
                 planes.append(plane)
-            accepted, ended = _judge(planes, present[: len(targets)], min_area, max_area, options)
+            accepted, ended, judged = _judge(planes, present[: len(targets)], min_area, max_area, options)
+            for t, p in zip(targets[:judged], present[:judged]):
+                stats.presence[t] = min(stats.presence.get(t, 1.0), float(p))
             for t, plane in zip(targets, planes[:accepted]):
                 sums[t] = sums.get(t, 0) + plane
                 counts[t] = counts.get(t, 0) + 1
@@ -130,12 +151,16 @@ def propagate(
     result[guide_index] = guide_mask
     if options.keep_connected:
         result = keep_components_touching(result, guide_index, guide_mask)
+    for t, total in sums.items():
+        if t != guide_index and result[t].any():
+            stats.agreement[t] = soft_agreement(total / counts[t], result[t] > 0)
     stats.extent = slice_extent(result, axis=0)
     return result, stats
 
 
-def _judge(planes, presence, min_area: float, max_area: float, options: PropagationOptions) -> tuple[int, bool]:
-    """How many of a window's slices to accept, and whether the object has ended.
+def _judge(planes, presence, min_area: float, max_area: float, options: PropagationOptions) -> tuple[int, bool, int]:
+    """How many of a window's slices to accept, whether the object has ended, and how many
+    slices were looked at (up to and including the one that ended it).
 
     A slice fails when the presence output says the object is absent, or its area is below the
     minimum or above the leak limit. The object ends after `stop_patience` failures in a row; a
@@ -149,10 +174,10 @@ def _judge(planes, presence, min_area: float, max_area: float, options: Propagat
         if presence[j] < options.presence_threshold or area < min_area or area > max_area:
             run += 1
             if run >= options.stop_patience:
-                return accepted, True
+                return accepted, True, j + 1
         else:
             run, accepted = 0, j + 1
-    return accepted, accepted == 0
+    return accepted, accepted == 0, len(planes)
 
 
 def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device, memory=None):
@@ -184,6 +209,13 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
     else:
         presence = np.ones(probs.shape[:2], np.float32)
     return probs, presence, rois
+
+
+def soft_agreement(probability: np.ndarray, mask: np.ndarray) -> float:
+    """Soft Dice of a slice's averaged probability with its final mask: 1 when every prediction
+    of the slice is sharp and they coincide, lower where they hesitate or disagree."""
+    total = float(probability.sum() + mask.sum())
+    return 2.0 * float(probability[mask].sum()) / total if total > 0 else 1.0
 
 
 def keep_components_touching(mask: np.ndarray, guide_index: int, guide_mask: np.ndarray) -> np.ndarray:

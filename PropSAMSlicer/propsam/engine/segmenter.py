@@ -84,7 +84,7 @@ class Segmenter:
         if flips[result.axis]:
             last = volume.shape[result.axis] - 1
             result.slice_index = last - result.slice_index
-            result.stats.extent = (last - result.stats.extent[1], last - result.stats.extent[0])
+            result.stats.mirror(last)
         result.seconds = time.perf_counter() - start
         return result
 

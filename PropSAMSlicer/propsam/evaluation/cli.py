@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--robustness", action="store_true",
                    help="also move the prompt slice by ±5/10/15/20 %% of the object's extent, and sweep "
                         "propsam-mask's propagation thickness over 10/20/30/40 mm; adds a pooled table and robustness.png")
+    p.add_argument("--corrections", type=int, metavar="K",
+                   help="instead: a simulated user makes K corrections per object (propsam-box); writes the "
+                        "'Dice after k corrections' table against hand-editing to corrections.csv/.md")
     p.add_argument("--max-objects", type=int, help="stop after this many objects (a quick look)")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data or $PROPSAM_DATA_DIR)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -45,6 +48,10 @@ def run(args) -> int:
 
     if args.phantoms < 0 or (args.max_objects is not None and args.max_objects < 1):
         raise InputError("--phantoms must be >= 0 and --max-objects >= 1")
+    if args.corrections is not None and args.corrections < 1:
+        raise InputError(f"--corrections must be >= 1, got {args.corrections}")
+    if args.corrections is not None and (args.methods or args.robustness):
+        raise InputError("--corrections simulates a user correcting propsam-box; it takes no --methods or --robustness")
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     real = eval_datasets(data_dir)
     datasets = choose(args.datasets, real + [PHANTOM_DATASET], "dataset")
@@ -62,18 +69,26 @@ def run(args) -> int:
         raise InputError(f"--out-dir {out_dir} is a file, expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = OUTPUTS + ((ROBUSTNESS_FIGURE,) if args.robustness else ())
+    if args.corrections is not None:
+        from .corrections import OUTPUTS as outputs
     for name in outputs:
         check_writable(out_dir / name, args.force)
 
     segmenter = None
-    if any(m not in MODEL_FREE for m in methods):
+    if args.corrections is not None or any(m not in MODEL_FREE for m in methods):
         from ..engine.segmenter import Segmenter
 
         segmenter = Segmenter.load(args.model, args.device)
     start = time.perf_counter()
     objects = iter_eval_objects(data_dir, real_chosen, args.phantoms if PHANTOM_DATASET in datasets else 0)
-    rows = run_evaluation(objects, segmenter, out_dir, methods, args.robustness, args.max_objects)
-    print(markdown_summary(rows))
+    if args.corrections is not None:
+        from .corrections import eval_modalities, markdown_table, run_corrections
+
+        rows = run_corrections(objects, segmenter, out_dir, args.corrections, eval_modalities(data_dir), args.max_objects)
+        print(markdown_table(rows, args.corrections))
+    else:
+        rows = run_evaluation(objects, segmenter, out_dir, methods, args.robustness, args.max_objects)
+        print(markdown_summary(rows))
     print(f"{len({(r['volume'], r['object']) for r in rows})} object(s), {len(rows)} rows in "
           f"{time.perf_counter() - start:.0f} s; wrote {', '.join(str(out_dir / n) for n in outputs)}")
     return 0
