@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tasks import MIN_GUIDE_AREA
+
 BIG = 1 << 20  # "no pixel" in a bounding-box minimum
 
 
@@ -77,13 +79,15 @@ class Atlas:
 
     @property
     def total_weight(self) -> float:
-        return float(self.obj_weight.sum())
+        """Weight of the objects that have a usable slice (only those are ever drawn)."""
+        usable = (self.areas >= MIN_GUIDE_AREA).any(-1).any(-1)
+        return float((self.obj_weight * usable).sum())
 
 
 def build_atlas(volumes: list[tuple[torch.Tensor, torch.Tensor, tuple, float, list[list[int]]]], device) -> Atlas:
     """volumes: (image float (Z,Y,X), labels int (Z,Y,X), spacing_zyx, weight, label sets of its objects)."""
     length = max(max(v[0].shape) for v in volumes)
-    n_labels = max(int(v[1].max()) + 1 for v in volumes)
+    n_labels = max(max([int(v[1].max())] + [max(s) for s in v[4]]) + 1 for v in volumes)  # sets may name lost labels
     images, labels, offsets, shapes, spacings = [], [], [], [], []
     obj_volume, obj_weight, members, areas, boxes = [], [], [], [], []
     offset = 0

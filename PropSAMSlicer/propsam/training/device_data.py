@@ -16,7 +16,6 @@ No SimpleITK here: the device machine has none.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +61,16 @@ def _uniform(gen, n, lo, hi, device):
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
 
-def _pick_one(weights: torch.Tensor, gen) -> torch.Tensor:
-    """One index per row of non-negative weights (rows with no weight: 0)."""
+def _pick(weights: torch.Tensor, k: int, gen, replacement: bool = False) -> torch.Tensor:
+    """k indices per row of non-negative weights; a row with no weight draws uniformly (an all-zero
+    row would be a device-side assert on CUDA)."""
     w = weights.float()
     w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
-    return torch.multinomial(w, 1, generator=gen)[:, 0]
+    return torch.multinomial(w, k, replacement=replacement, generator=gen)
+
+
+def _pick_one(weights: torch.Tensor, gen) -> torch.Tensor:
+    return _pick(weights, 1, gen)[:, 0]
 
 
 def _pick_pairs(atlas: Atlas, n: int, gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,7 +237,7 @@ def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
     k = opt.adjacent
     keys = torch.where(inside, torch.rand(inside.shape, generator=gen, device=device), 2.0)
     without = offsets[keys.topk(k, 1, largest=False).indices] if k <= opt.max_window else None
-    with_repl = offsets[torch.multinomial(inside.float(), k, replacement=True, generator=gen)]
+    with_repl = offsets[_pick(inside, k, gen, replacement=True)]
     many = inside.sum(1) >= k
     chosen = torch.where(many[:, None], without, with_repl) if without is not None else with_repl
     chosen = chosen.sort(1).values
@@ -338,13 +342,16 @@ class DeviceSampler:
             self.synth = SynthPoolGPU(maps, device, synth_options, total_weight=cfg.synth_pool * cfg.synth_weight)
         self.refresh_every = int(settings.get("synth_refresh_every", 25))
         self.gen = torch.Generator(device=device)
+        if torch.device(device).type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.seed = seed
 
     def batch(self, step: int) -> dict:
         self.gen.manual_seed(self.seed * 1_000_003 + step)  # a resumed run draws what it would have drawn
-        if self.synth is not None and (self.synth.atlas is None or step % self.refresh_every == 0):
+        if self.synth is not None and (not self.synth.atlases or step % self.refresh_every == 0):
             self.synth.refresh(self.gen)
-        atlases = [self.real] + ([self.synth.atlas] if self.synth is not None and self.synth.atlas is not None else [])
+        atlases = [self.real] + (self.synth.atlases if self.synth is not None else [])
         totals = torch.tensor([a.total_weight for a in atlases], device=self.device)
         counts = torch.bincount(torch.multinomial(totals, self.cfg.batch_size, replacement=True, generator=self.gen),
                                 minlength=len(atlases)).tolist()

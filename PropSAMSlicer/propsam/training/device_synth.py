@@ -29,7 +29,8 @@ STYLES = ("ct", "mr", "pet")
 
 @dataclass
 class SynthOptions:
-    volumes: int = 64  # synthetic volumes per refresh
+    volumes: int = 16  # synthetic volumes per group; a refresh rebuilds one group
+    groups: int = 4
     max_crop: tuple = MAX_CROP  # (Z, Y, X) voxels at most per crop
     lesion_share: float = 0.25
     unions: int = 3
@@ -182,7 +183,8 @@ def plant_lesions(image: torch.Tensor, spacing_zyx, gen) -> tuple[torch.Tensor, 
 
 
 class SynthPoolGPU:
-    """A pool of synthetic volumes on the device, rebuilt as a whole by `refresh`."""
+    """`groups` atlases of synthetic volumes on the device; `refresh` rebuilds the oldest (all, the first time),
+    like SynthPool swapping a few volumes, so the mix keeps changing at a small cost per step."""
 
     def __init__(self, maps: list[PackedVolume], device, options: SynthOptions, total_weight: float):
         self.device, self.options, self.total_weight = device, options, total_weight
@@ -193,7 +195,7 @@ class SynthPoolGPU:
             labels = torch.from_numpy(compact.astype(np.int16)).to(device)
             present = torch.unique(labels)
             self.maps.append((labels, torch.from_numpy(m.image).to(device), m.spacing_zyx, present[present > 0]))
-        self.atlas: Atlas | None = None
+        self.atlases: list[Atlas] = []
 
     def _crop(self, gen):
         """synthesis._crop_around_label: at most max_crop voxels holding part of a random label."""
@@ -227,12 +229,18 @@ class SynthPoolGPU:
                 sets.append([int(pairs[i, 0]), int(pairs[i, 1])])
         return sets
 
-    def refresh(self, gen) -> None:
+    def _group(self, gen) -> Atlas | None:
         items = []
-        weight = self.total_weight / self.options.volumes
+        weight = self.total_weight / (self.options.volumes * self.options.groups)
         for _ in range(self.options.volumes):
             image, labels, spacing, sets = self._volume(gen)
             if sets:
                 items.append((image.float(), labels, tuple(float(s) for s in spacing), weight, sets))
-        if items:
-            self.atlas = build_atlas(items, self.device)
+        return build_atlas(items, self.device) if items else None
+
+    def refresh(self, gen) -> None:
+        for _ in range(self.options.groups if not self.atlases else 1):
+            group = self._group(gen)
+            if group is not None:
+                self.atlases.append(group)
+        del self.atlases[: max(0, len(self.atlases) - self.options.groups)]

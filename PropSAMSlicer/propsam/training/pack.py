@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..io.atomic import atomic_path
-from .sources import manifest_entries
+from .sources import MANIFEST_PATH, manifest_entries
 
 FORMAT = "propsam-train-pack/1"
 LEVELS = 256
@@ -80,11 +80,11 @@ def _label_dtype(labels: np.ndarray):
 
 
 def build_pack(data_dir: Path, out: Path, synthesis_maps: list[str], phantoms: int = 16, margin_mm: float = 20.0,
-               first_phantom_seed: int = 1_000_000) -> dict:
+               first_phantom_seed: int = 1_000_000, manifest_path: Path = MANIFEST_PATH) -> dict:
     """Write the training split of `data_dir` (and `phantoms` seeded phantoms) to `out`; returns its meta."""
     from .sources import read_pair
 
-    entries = manifest_entries(Path(data_dir), "train")
+    entries = manifest_entries(Path(data_dir), "train", manifest_path)
     ids = {e["id"] for e in entries}
     unknown = sorted(set(synthesis_maps) - ids)
     if unknown:
@@ -118,7 +118,7 @@ def build_pack(data_dir: Path, out: Path, synthesis_maps: list[str], phantoms: i
                             "spacing_zyx": [float(s) for s in p.spacing[::-1]], "modality": p.modality,
                             "weight": 1.0, "objects": "each", "truth": "exact", "dataset": "phantom"})
     meta = {"format": FORMAT, "volumes": volumes, "synthesis_maps": list(synthesis_maps),
-            "margin_mm": margin_mm, "eval_ids_excluded": sorted(e["id"] for e in manifest_entries(Path(data_dir), "eval"))}
+            "margin_mm": margin_mm, "eval_ids_excluded": sorted(e["id"] for e in manifest_entries(Path(data_dir), "eval", manifest_path))}
     # npz member names must be plain: index the arrays and keep the keys in the meta
     keys = sorted(arrays)
     meta["arrays"] = keys
