@@ -196,3 +196,12 @@ def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_pa
     assert config.prompt_memory and load_network(weights, config, None) is not None
     never = "import sys; sys.modules['SimpleITK'] = None; import propsam.training.device_data, propsam.training.train"
     assert subprocess.run([sys.executable, "-c", never], env=env, cwd=REPO, timeout=120).returncode == 0
+
+
+def test_cosine_over_the_time_budget_reaches_lr_min():
+    from propsam.training.train import TrainConfig, cosine_lr
+
+    cfg = TrainConfig(out_dir="x", steps=10**6, warmup_steps=10, lr=1e-3, lr_min=1e-5)
+    assert cosine_lr(20, cfg, time_fraction=0.0) == pytest.approx(1e-3, rel=1e-3)
+    assert cosine_lr(20, cfg, time_fraction=0.5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert cosine_lr(20, cfg, time_fraction=1.0) == pytest.approx(1e-5)

@@ -5,7 +5,8 @@
 # Reads nothing else but the repository (shipped weights for the warm start) and needs no SimpleITK.
 # Writes into OUT_DIR, every file < 16 MiB (the device tool's limit): box2mask.pt, propmask.pt split
 # into propmask.pt.part00/01 when larger (join: cat propmask.pt.part* > propmask.pt), the two
-# training logs (JSON lines with tasks/s), gpu.txt and summary.txt with sha256 of the weights.
+# training logs (JSON lines with tasks/s), gpu.txt and summary.txt (sampler throughput alone, then
+# steps, tasks/s and sha256 of the weights).
 # Full checkpoints (with optimizer state, ~100 MB) stay in runs/ on the device machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,13 @@ mkdir -p "$OUT"
 [ -f cache/train_pack.npz ] || { echo "cache/train_pack.npz is missing: run propsam pack-data and carry cache/" >&2; exit 2; }
 export PYTHONPATH="$PWD/PropSAMSlicer${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 (nvidia-smi 2>&1; "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())") > "$OUT/gpu.txt"
-GUARD=$("$PYTHON" -c "print(int(float('$MINUTES') * 60 + 75))")  # the run stops itself; this only guards a hang
+# pre-flight, about 20 s: the CUDA path of the sampler and synthesis, and their throughput alone;
+# a failure here ends the call early and saves the device time
+if [ "${PREFLIGHT:-1}" = 1 ]; then
+  timeout 60 "$PYTHON" benchmarks/bench_device_sampler.py --skip-training > "$OUT/summary.txt" 2>&1 \
+    || { cat "$OUT/summary.txt"; echo "pre-flight failed: not training" >&2; exit 3; }
+fi
+GUARD=$("$PYTHON" -c "print(int(float('$MINUTES') * 60 + 60))")  # the run stops itself; this only guards a hang
 pids=()
 for NET in propmask box2mask; do
   timeout -s INT "$GUARD" "$PYTHON" -m propsam.training.cli train --config "$RECIPES/lite_v2_${NET}_gpu.json" \

@@ -49,8 +49,8 @@ def label_tables(labels: torch.Tensor, n_labels: int, length: int) -> tuple[torc
 
 def object_tables(areas: torch.Tensor, boxes: torch.Tensor, members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-label tables -> per-object tables; members (O, n_labels) bool marks each object's labels."""
-    m = members.to(areas.dtype)
-    obj_areas = torch.einsum("ol,las->oas", m, areas)
+    # float matmul (integer matmul is not implemented on CUDA); exact, since areas are far below 2**24
+    obj_areas = torch.einsum("ol,las->oas", members.float(), areas.float()).round().int()
     big = torch.full_like(boxes[..., 0], BIG)
     out = []
     for j, lower in enumerate([True, True, False, False]):
