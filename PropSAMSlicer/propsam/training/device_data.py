@@ -346,11 +346,13 @@ class DeviceSampler:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.seed = seed
+        self.refreshed_at = -1
 
     def batch(self, step: int) -> dict:
         self.gen.manual_seed(self.seed * 1_000_003 + step)  # a resumed run draws what it would have drawn
-        if self.synth is not None and (not self.synth.atlases or step % self.refresh_every == 0):
+        if self.synth is not None and (not self.synth.atlases or (step % self.refresh_every == 0 and step != self.refreshed_at)):
             self.synth.refresh(self.gen)
+            self.refreshed_at = step
         atlases = [self.real] + (self.synth.atlases if self.synth is not None else [])
         totals = torch.tensor([a.total_weight for a in atlases], device=self.device)
         counts = torch.bincount(torch.multinomial(totals, self.cfg.batch_size, replacement=True, generator=self.gen),

@@ -117,8 +117,6 @@ class Trainer:
             torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
             if self.distributed else self.net
         )
-        self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
-                                   memory=getattr(self.net_config, "prompt_memory", False), perturb_guide=cfg.perturb_guide)
         on_device = cfg.sampler == "device"  # the pack replaces the shared folder, phantom and synthesis pools
         data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
         self.real = load_sources(data_dir, "train") if data_dir.exists() and not on_device else []
@@ -127,6 +125,8 @@ class Trainer:
         maps = load_label_maps(data_dir, cfg.synthesis_maps) if cfg.synthesis_maps and data_dir.exists() and not on_device else []
         self.synth = SynthPool(maps, cfg.synth_pool, first_seed=5_000_000 * (self.rank + 1), weight=cfg.synth_weight,
                                state=self.synth_state)
+        self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
+                                   memory=getattr(self.net_config, "prompt_memory", False), perturb_guide=cfg.perturb_guide)
         self.device_sampler = None
         if on_device:
             from .device_data import DeviceSampler
@@ -218,7 +218,8 @@ class Trainer:
         self.net.train()
         while self.step < cfg.steps:
             for group in self.opt.param_groups:
-                group["lr"] = cosine_lr(self.step, cfg, (time.time() - start) / (60 * cfg.max_minutes) if cfg.lr_by_time and cfg.max_minutes else 0.0)
+                clock = (time.time() - start) / (60 * cfg.max_minutes) if cfg.lr_by_time and cfg.max_minutes else 0.0
+                group["lr"] = cosine_lr(self.step, cfg, clock)
             t0 = time.time()
             batch = self._batch()
             data_time += time.time() - t0
