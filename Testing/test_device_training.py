@@ -204,3 +204,13 @@ def test_cosine_over_the_time_budget_reaches_lr_min():
     assert cosine_lr(20, cfg, time_fraction=0.0) == pytest.approx(1e-3, rel=1e-3)
     assert cosine_lr(20, cfg, time_fraction=0.5) == pytest.approx((1e-3 + 1e-5) / 2)
     assert cosine_lr(20, cfg, time_fraction=1.0) == pytest.approx(1e-5)
+
+
+def test_pack_data_refuses_to_overwrite_and_checks_its_recipe(tmp_path):
+    from propsam.cli import main
+
+    existing = tmp_path / "pack.npz"
+    existing.write_bytes(b"user data")
+    assert main(["pack-data", "--out", str(existing)]) == 2 and existing.read_bytes() == b"user data"
+    assert main(["pack-data", "--out", str(tmp_path / "new.npz"), "--recipe", str(tmp_path / "none.json")]) == 2
+    assert not (tmp_path / "new.npz").exists()
