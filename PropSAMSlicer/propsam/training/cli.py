@@ -14,7 +14,17 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, help="total steps (overrides the recipe)")
     p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this long")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
+    p.add_argument("--weights-dir", help="also write the fp16 engine weights here at every checkpoint")
     p.set_defaults(func=run)
+
+    k = subparsers.add_parser("pack-data", help="pack the training split (+ phantoms) into one .npz for training on a lent GPU")
+    k.add_argument("--out", required=True, help="e.g. cache/train_pack.npz (cache/ is git-ignored; carry it to the device)")
+    k.add_argument("--recipe", default="PropSAMSlicer/propsam/training/recipes/lite_v2_propmask_gpu.json",
+                   help="its synthesis_maps are recorded (and must be in the training split)")
+    k.add_argument("--phantoms", type=int, default=16, help="seeded training phantoms to include")
+    k.add_argument("--data-dir", help="shared data folder (default ../shared/data)")
+    k.add_argument("--force", action="store_true", help="replace an existing pack")
+    k.set_defaults(func=run_pack)
 
     b = subparsers.add_parser("bundle", help="write trained Box2Mask + PropMask weights as a model folder with manifest")
     b.add_argument("--name", default="lite")
@@ -34,9 +44,34 @@ def run(args) -> int:
 
     if not Path(args.config).is_file():
         raise InputError(f"training recipe {args.config} does not exist")
-    cfg = TrainConfig.from_file(args.config, out_dir=args.out_dir, steps=args.steps, max_minutes=args.max_minutes, data_dir=args.data_dir)
+    cfg = TrainConfig.from_file(args.config, out_dir=args.out_dir, steps=args.steps, max_minutes=args.max_minutes, data_dir=args.data_dir,
+                                 weights_dir=args.weights_dir)
     weights = train(cfg)
     print(f"weights: {weights}")
+    return 0
+
+
+def run_pack(args) -> int:
+    import json
+
+    from ..io.atomic import check_writable
+    from .pack import build_pack
+    from .train import default_data_dir
+
+    out = check_writable(args.out, args.force)
+    if not Path(args.recipe).is_file():
+        raise InputError(f"training recipe {args.recipe} does not exist")
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if not data_dir.is_dir():
+        raise InputError(f"data folder {data_dir} does not exist")
+    maps = json.loads(Path(args.recipe).read_text()).get("synthesis_maps", [])
+    try:
+        meta = build_pack(data_dir, out, maps, phantoms=args.phantoms)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    kinds = [v["kind"] for v in meta["volumes"]]
+    print(f"pack: {out} ({out.stat().st_size / 2**20:.1f} MiB; {kinds.count('real')} training volumes, "
+          f"{kinds.count('phantom')} phantoms, {len(maps)} synthesis maps)")
     return 0
 
 
@@ -54,3 +89,25 @@ def run_bundle(args) -> int:
                            force=args.force)
     print(f"bundle: {manifest}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m propsam.training.cli train|pack-data|bundle ...`: the training commands alone,
+    for a machine without the DICOM stack (propsam.cli imports every subcommand's module)."""
+    import argparse
+    import sys
+
+    from ..errors import PropSAMError
+
+    parser = argparse.ArgumentParser(prog="propsam-train")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PropSAMError as exc:
+        print(f"propsam: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

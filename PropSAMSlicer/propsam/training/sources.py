@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..io.volume import read_volume
-
 MANIFEST_PATH = Path(__file__).with_name("data_manifest.json")
 MIN_OBJECT_VOXELS = 60
 
@@ -84,6 +82,8 @@ def read_pair(entry: dict, data_dir: Path) -> tuple[np.ndarray, np.ndarray, tupl
     if "npz" in entry:
         data = np.load(data_dir / entry["npz"])
         return data["vol"].astype(np.float32), data["seg"], (1.0, 1.0, 1.0)
+    from ..io.volume import read_volume  # SimpleITK: imported only here, so a training pack needs none
+
     volume = read_volume(data_dir / entry["image"])
     label_volume = read_volume(data_dir / entry["labels"])
     if not volume.same_grid(label_volume, tol=1e-3):

@@ -57,6 +57,12 @@ class TrainConfig:
     synth_pool: int = 32
     synth_weight: float = 0.5  # sampling weight of each synthetic volume
     perturb_guide: float = 0.0  # PropMask: share of tasks with a slightly wrong guide mask
+    sampler: str = "cpu"  # "device": batches made on the training device from `pack` (device_data.py)
+    pack: str = ""  # training pack (`propsam pack-data`) for the device sampler
+    device_sampler: dict = field(default_factory=dict)  # synth_refresh_every, synthesis: SynthOptions fields
+    checkpoint_minutes: float = 0  # also checkpoint after this many minutes since the last one; 0: steps only
+    lr_by_time: bool = False  # cosine over max_minutes rather than steps (one-shot runs at an unknown step rate)
+    weights_dir: str = ""  # also write the fp16 engine weights here (e.g. the device machine's $OUT)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
@@ -73,10 +79,10 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("PROPSAM_DATA_DIR", Path(__file__).resolve().parents[3].parent / "shared" / "data"))
 
 
-def cosine_lr(step: int, cfg: TrainConfig) -> float:
+def cosine_lr(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    t = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_fraction)
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
@@ -111,15 +117,21 @@ class Trainer:
             torch.nn.parallel.DistributedDataParallel(self.net, device_ids=[self.device] if self.device.type == "cuda" else None)
             if self.distributed else self.net
         )
+        on_device = cfg.sampler == "device"  # the pack replaces the shared folder, phantom and synthesis pools
         data_dir = Path(cfg.data_dir) if cfg.data_dir else default_data_dir()
-        self.real = load_sources(data_dir, "train") if data_dir.exists() else []
-        self.pool = PhantomPool(cfg.phantom_pool, first_seed=1_000_000 * (self.rank + 1), weight=cfg.phantom_weight,
-                                state=self.pool_state)
-        maps = load_label_maps(data_dir, cfg.synthesis_maps) if cfg.synthesis_maps and data_dir.exists() else []
+        self.real = load_sources(data_dir, "train") if data_dir.exists() and not on_device else []
+        self.pool = PhantomPool(0 if on_device else cfg.phantom_pool, first_seed=1_000_000 * (self.rank + 1),
+                                weight=cfg.phantom_weight, state=None if on_device else self.pool_state)
+        maps = load_label_maps(data_dir, cfg.synthesis_maps) if cfg.synthesis_maps and data_dir.exists() and not on_device else []
         self.synth = SynthPool(maps, cfg.synth_pool, first_seed=5_000_000 * (self.rank + 1), weight=cfg.synth_weight,
                                state=self.synth_state)
         self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
                                    memory=getattr(self.net_config, "prompt_memory", False), perturb_guide=cfg.perturb_guide)
+        self.device_sampler = None
+        if on_device:
+            from .device_data import DeviceSampler
+
+            self.device_sampler = DeviceSampler(cfg, self.device, self.options, seed=cfg.seed * 1000 + self.rank)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -166,8 +178,13 @@ class Trainer:
         }
         save_checkpoint(state, self.checkpoint_path)
         save_network(self.net, self.net_config, self.out / f"{self.cfg.network}.pt")
+        if self.cfg.weights_dir:
+            Path(self.cfg.weights_dir).mkdir(parents=True, exist_ok=True)
+            save_network(self.net, self.net_config, Path(self.cfg.weights_dir) / f"{self.cfg.network}.pt")
 
     def _batch(self) -> dict:
+        if self.device_sampler is not None:
+            return self.device_sampler.batch(self.step)
         sources = self.real + self.pool.sources + self.synth.sources
         sample = sample_propmask_task if self.cfg.network == "propmask" else sample_box2mask
         batch = collate([sample(sources, self.rng, self.options) for _ in range(self.cfg.batch_size)])
@@ -193,14 +210,15 @@ class Trainer:
 
     def run(self) -> None:
         cfg = self.cfg
-        start = time.time()
+        start = last_save = time.time()
         window_start, window_tasks, data_time = time.time(), 0, 0.0
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                   enabled=self.device.type == "cuda" or cfg.cpu_bf16)
         self.net.train()
         while self.step < cfg.steps:
             for group in self.opt.param_groups:
-                group["lr"] = cosine_lr(self.step, cfg)
+                clock = (time.time() - start) / (60 * cfg.max_minutes) if cfg.lr_by_time and cfg.max_minutes else 0.0
+                group["lr"] = cosine_lr(self.step, cfg, clock)
             t0 = time.time()
             batch = self._batch()
             data_time += time.time() - t0
@@ -213,7 +231,7 @@ class Trainer:
             self.step += 1
             self.tasks_seen += cfg.batch_size * self.world
             window_tasks += cfg.batch_size * self.world
-            if self.step % cfg.phantom_refresh_every == 0:
+            if self.step % cfg.phantom_refresh_every == 0 and self.device_sampler is None:
                 self.pool.refresh(2, self.rng)
                 self.synth.refresh(4, self.rng)
             if self.step % cfg.log_every == 0:
@@ -223,8 +241,10 @@ class Trainer:
                           "tasks_per_s": round(window_tasks / elapsed, 2), "data_share": round(data_time / elapsed, 3)})
                 window_start, window_tasks, data_time = time.time(), 0, 0.0
             out_of_time = cfg.max_minutes and time.time() - start > cfg.max_minutes * 60
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or out_of_time:
+            due = cfg.checkpoint_minutes and time.time() - last_save > cfg.checkpoint_minutes * 60
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or out_of_time or due:
                 self._save()
+                last_save = time.time()
             if out_of_time:
                 self.log({"stopped": "max_minutes", "step": self.step})
                 break

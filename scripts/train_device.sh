@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Train PropMask and Box2Mask at once on one lent GPU, within one device command (< 9 min).
+#   bash scripts/train_device.sh OUT_DIR [MINUTES]
+# Needs cache/train_pack.npz (`propsam pack-data --out cache/train_pack.npz`, carried to the device).
+# Reads nothing else but the repository (shipped weights for the warm start) and needs no SimpleITK.
+# Writes into OUT_DIR, every file < 16 MiB (the device tool's limit): box2mask.pt, propmask.pt split
+# into propmask.pt.part00/01 when larger (join: cat propmask.pt.part* > propmask.pt), the two
+# training logs (JSON lines with tasks/s), gpu.txt and summary.txt (sampler throughput alone, then
+# steps, tasks/s and sha256 of the weights).
+# Full checkpoints (with optimizer state, ~100 MB) stay in runs/ on the device machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: train_device.sh OUT_DIR [MINUTES]}
+MINUTES=${2:-7.5}
+PYTHON=${PYTHON:-python3}
+RECIPES=${RECIPES:-PropSAMSlicer/propsam/training/recipes}  # lite_v2_{propmask,box2mask}_gpu.json in there
+mkdir -p "$OUT"
+[ -f cache/train_pack.npz ] || { echo "cache/train_pack.npz is missing: run propsam pack-data and carry cache/" >&2; exit 2; }
+export PYTHONPATH="$PWD/PropSAMSlicer${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+(nvidia-smi 2>&1; "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())") > "$OUT/gpu.txt"
+# pre-flight, about 20 s: the CUDA path of the sampler and synthesis, and their throughput alone;
+# a failure here ends the call early and saves the device time
+if [ "${PREFLIGHT:-1}" = 1 ]; then
+  timeout 60 "$PYTHON" benchmarks/bench_device_sampler.py --skip-training > "$OUT/summary.txt" 2>&1 \
+    || { cat "$OUT/summary.txt"; echo "pre-flight failed: not training" >&2; exit 3; }
+fi
+GUARD=$("$PYTHON" -c "print(int(float('$MINUTES') * 60 + 60))")  # the run stops itself; this only guards a hang
+pids=()
+for NET in propmask box2mask; do
+  timeout -s INT "$GUARD" "$PYTHON" -m propsam.training.cli train --config "$RECIPES/lite_v2_${NET}_gpu.json" \
+    --out-dir "runs/device_$NET" --weights-dir "runs/device_$NET/export" --max-minutes "$MINUTES" \
+    > "$OUT/$NET.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for NET in propmask box2mask; do
+  W="runs/device_$NET/export/$NET.pt"
+  [ -f "$W" ] || { echo "$NET: no weights written" >> "$OUT/summary.txt"; continue; }
+  echo "$NET.pt $(sha256sum "$W" | cut -d' ' -f1) $(stat -c %s "$W") bytes" >> "$OUT/summary.txt"
+  if [ "$(stat -c %s "$W")" -gt $((15 * 1024 * 1024)) ]; then
+    split -b 15M -d -a 2 "$W" "$OUT/$NET.pt.part"
+  else
+    cp "$W" "$OUT/$NET.pt"
+  fi
+  "$PYTHON" - "$OUT/$NET.log" "$NET" >> "$OUT/summary.txt" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+steps = [r for r in rows if "tasks_per_s" in r]
+if steps:
+    rates = sorted(r["tasks_per_s"] for r in steps[1:] or steps)
+    print(f"{sys.argv[2]}: steps {steps[-1]['step']}, tasks seen {steps[-1]['tasks_seen']}, tasks/s median {rates[len(rates) // 2]} "
+          f"(max {rates[-1]}), data share median {sorted(r['data_share'] for r in steps)[len(steps) // 2]}, last mask loss {steps[-1]['mask']}")
+PY
+done
+cat "$OUT/summary.txt"
+ls -la "$OUT"
+exit $status
