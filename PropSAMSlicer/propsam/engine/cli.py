@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--thickness-mm", type=float, default=20.0, help="propagation thickness per round (mm)")
     p.add_argument("--context", type=float, default=1.5, help="ROI size as a multiple of the mask's box")
+    p.add_argument("--tta", default=None, help="in-plane test-time averaging, BOX2MASKxPROPMASK orientations "
+                   "(1/2/4/8; e.g. 8x8 = most invariant, slowest) or 'off' (default: the engine's, 8x1)")
     p.add_argument("--png", help="write an overlay montage PNG here")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -108,7 +110,10 @@ def run_segment(args) -> int:
         if not args.quiet:
             print(f"\rpropagating: {done}/{total} slices", end="", file=sys.stderr, flush=True)
 
-    options = SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context))
+    from .tta import TestTimeAugmentation, parse_tta
+
+    tta = parse_tta(args.tta) if args.tta else TestTimeAugmentation()
+    options = SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context), tta=tta)
     result = segmenter.segment(volume, prompt, options, progress=progress)
     if not args.quiet:
         print(file=sys.stderr)

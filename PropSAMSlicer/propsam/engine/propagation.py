@@ -20,6 +20,7 @@ from .control import CancelToken, ProgressCallback
 from .device import autocast_for
 from .intensity import apply_window, window_from_values
 from .roi import crop_to_model, paste_from_model, roi_grid, slice_extent, square_roi
+from .tta import mean_over, mean_turned_back, stack_turned
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,10 @@ def propagate(
     net, size: int, volume: np.ndarray, spacing_prc: tuple[float, float, float], guide_index: int,
     guide_mask: np.ndarray, device: torch.device, options: PropagationOptions = PropagationOptions(),
     bounds: tuple[int, int] | None = None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+    orientations: int = 1,
 ) -> tuple[np.ndarray, PropagationStats]:
-    """volume (P, R, C) raw; guide_mask (R, C) bool on slice guide_index -> (P, R, C) uint8 mask."""
+    """volume (P, R, C) raw; guide_mask (R, C) bool on slice guide_index -> (P, R, C) uint8 mask.
+    orientations: PropMask averages over this many in-plane orientations (engine/tta.py)."""
     depth = volume.shape[0]
     lo_bound, hi_bound = bounds if bounds is not None else (0, depth - 1)
     spacing_rc = spacing_prc[1:]
@@ -90,7 +93,8 @@ def propagate(
             batch.append((side, targets))
         if not batch:
             break
-        probs, presence, rois = _predict_round(net, size, volume, batch, spacing_rc, options.context, lo, hi, window, device)
+        probs, presence, rois = _predict_round(net, size, volume, batch, spacing_rc, options.context, lo, hi, window, device,
+                                               orientations)
         stats.rounds += 1
         for (side, targets), prob, present, roi in zip(batch, probs, presence, rois):
             pasted, (r0, r1, c0, c1) = paste_from_model(torch.from_numpy(prob[: len(targets)]), roi, volume.shape[1:])
@@ -127,7 +131,7 @@ def propagate(
     return result, stats
 
 
-def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device):
+def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device, orientations=1):
     """One PropMask call for all active sides; shorter sides are padded by repeating their last slice."""
     images, masks, adjacent, rois = [], [], [], []
     for side, targets in batch:
@@ -141,11 +145,12 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
         masks.append((m > 0.5).float())
         adjacent.append(x[1:, None])
         rois.append(roi)
+    inputs = [stack_turned(torch.stack(t), orientations).to(device) for t in (images, masks, adjacent)]
     with torch.inference_mode(), autocast_for(device):
-        out = net(torch.stack(images).to(device), torch.stack(masks).to(device), torch.stack(adjacent).to(device))
-    probs = torch.sigmoid(out["masks"][0].float())[:, :, 0].cpu().numpy()
+        out = net(*inputs)
+    probs = mean_turned_back(torch.sigmoid(out["masks"][0].float()), orientations)[:, :, 0].cpu().numpy()
     if "presence" in out:
-        presence = torch.sigmoid(out["presence"].float()).cpu().numpy()
+        presence = mean_over(torch.sigmoid(out["presence"].float()), orientations).cpu().numpy()
     else:
         presence = np.ones(probs.shape[:2], np.float32)
     return probs, presence, rois
