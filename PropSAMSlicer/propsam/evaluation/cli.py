@@ -13,7 +13,14 @@ def register(subparsers) -> None:
         "evaluate", help="Dice/HD95/ASD/extent of PropSAM and baselines on the eval split; CSV, markdown, PNG",
     )
     p.add_argument("--out-dir", required=True, help="folder for results.csv, summary.md and dice.png (created)")
-    p.add_argument("--model", default="lite", help="lite, or a model folder / manifest.json")
+    p.add_argument("--model", action="append",
+                   help="lite, or a model folder / manifest.json; repeat to compare models in one run (default: lite)")
+    p.add_argument("--tta", action="append",
+                   help="test-time averaging BOX2MASKxPROPMASK orientations (1/2/4/8) or 'off'; repeat to compare "
+                        "(each model runs under each; default: the engine's)")
+    p.add_argument("--orientations", action="store_true",
+                   help="also run PropSAM under the 7 other in-plane orientations (flips/transposes); adds the spread table")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all usable cores)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--datasets", help="comma-separated: the eval split's datasets and/or 'phantom' (default: all)")
     p.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
@@ -35,6 +42,27 @@ def choose(text: str | None, known: list[str], what: str) -> list[str]:
     if unknown or not chosen:
         raise InputError(f"unknown {what} {', '.join(unknown) or repr(text)}; choose from {', '.join(known)}")
     return chosen
+
+
+def load_models(args) -> list:
+    """One harness Model per --model x --tta; labels name the model (and the TTA when several)."""
+    from ..engine.segmenter import Segmenter
+    from ..engine.tta import TestTimeAugmentation, parse_tta, tta_name
+    from .harness import Model
+
+    names = args.model or ["lite"]
+    if len(set(names)) != len(names):
+        raise InputError(f"--model given twice: {', '.join(names)}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads must be >= 1")
+    ttas = [parse_tta(t) for t in args.tta] if args.tta else [TestTimeAugmentation()]
+    models = []
+    for name in names:
+        segmenter = Segmenter.load(name, args.device, args.threads)
+        label = Path(name).parent.name if name.endswith(".json") else Path(name).name
+        for tta in ttas:
+            models.append(Model(label + (f" tta{tta_name(tta)}" if len(ttas) > 1 else ""), segmenter, tta))
+    return models
 
 
 def run(args) -> int:
@@ -65,14 +93,11 @@ def run(args) -> int:
     for name in outputs:
         check_writable(out_dir / name, args.force)
 
-    segmenter = None
-    if any(m not in MODEL_FREE for m in methods):
-        from ..engine.segmenter import Segmenter
-
-        segmenter = Segmenter.load(args.model, args.device)
+    models = load_models(args) if any(m not in MODEL_FREE for m in methods) else None
     start = time.perf_counter()
     objects = iter_eval_objects(data_dir, real_chosen, args.phantoms if PHANTOM_DATASET in datasets else 0)
-    rows = run_evaluation(objects, segmenter, out_dir, methods, args.robustness, args.max_objects)
+    rows = run_evaluation(objects, models, out_dir, methods, args.robustness, args.max_objects,
+                          orientations=args.orientations)
     print(markdown_summary(rows))
     print(f"{len({(r['volume'], r['object']) for r in rows})} object(s), {len(rows)} rows in "
           f"{time.perf_counter() - start:.0f} s; wrote {', '.join(str(out_dir / n) for n in outputs)}")
