@@ -93,6 +93,7 @@ def run_segment(args) -> int:
     from ..io.volume import read_volume, write_mask
     from .propagation import PropagationOptions
     from .segmenter import SegmentOptions, Segmenter
+    from .tta import TestTimeAugmentation, parse_tta
 
     check_writable(args.out, args.force)
     if args.png:
@@ -101,6 +102,7 @@ def run_segment(args) -> int:
         raise InputError(f"--context must be within 1..4, got {args.context}")
     if not 0 < args.thickness_mm <= 200:
         raise InputError(f"--thickness-mm must be within (0, 200], got {args.thickness_mm}")
+    tta = parse_tta(args.tta) if args.tta else TestTimeAugmentation()
     volume = read_volume(args.image)
     prompt = build_prompt(args, volume)
     prompt.validate(volume.shape)
@@ -110,9 +112,6 @@ def run_segment(args) -> int:
         if not args.quiet:
             print(f"\rpropagating: {done}/{total} slices", end="", file=sys.stderr, flush=True)
 
-    from .tta import TestTimeAugmentation, parse_tta
-
-    tta = parse_tta(args.tta) if args.tta else TestTimeAugmentation()
     options = SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context), tta=tta)
     result = segmenter.segment(volume, prompt, options, progress=progress)
     if not args.quiet:

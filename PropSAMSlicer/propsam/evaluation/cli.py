@@ -44,11 +44,9 @@ def choose(text: str | None, known: list[str], what: str) -> list[str]:
     return chosen
 
 
-def load_models(args) -> list:
-    """One harness Model per --model x --tta; labels name the model (and the TTA when several)."""
-    from ..engine.segmenter import Segmenter
-    from ..engine.tta import TestTimeAugmentation, parse_tta, tta_name
-    from .harness import Model
+def model_choices(args) -> tuple[list[str], list]:
+    """--model and --tta checked before anything is written or loaded."""
+    from ..engine.tta import TestTimeAugmentation, parse_tta
 
     names = args.model or ["lite"]
     if len(set(names)) != len(names):
@@ -56,6 +54,17 @@ def load_models(args) -> list:
     if args.threads is not None and args.threads < 1:
         raise InputError("--threads must be >= 1")
     ttas = [parse_tta(t) for t in args.tta] if args.tta else [TestTimeAugmentation()]
+    if len(set(ttas)) != len(ttas):
+        raise InputError("--tta given twice with the same setting")
+    return names, ttas
+
+
+def load_models(args, names: list[str], ttas: list) -> list:
+    """One harness Model per --model x --tta; labels name the model (and the TTA when several)."""
+    from ..engine.segmenter import Segmenter
+    from ..engine.tta import tta_name
+    from .harness import Model
+
     models = []
     for name in names:
         segmenter = Segmenter.load(name, args.device, args.threads)
@@ -85,6 +94,7 @@ def run(args) -> int:
         raise InputError(f"data folder {data_dir} does not exist; pass --data-dir or set PROPSAM_DATA_DIR "
                          f"(or evaluate phantoms only: --datasets phantom --phantoms N)")
     methods = choose(args.methods, list(METHODS), "method")
+    names, ttas = model_choices(args)
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir {out_dir} is a file, expected a folder")
@@ -93,7 +103,7 @@ def run(args) -> int:
     for name in outputs:
         check_writable(out_dir / name, args.force)
 
-    models = load_models(args) if any(m not in MODEL_FREE for m in methods) else None
+    models = load_models(args, names, ttas) if any(m not in MODEL_FREE for m in methods) else None
     start = time.perf_counter()
     objects = iter_eval_objects(data_dir, real_chosen, args.phantoms if PHANTOM_DATASET in datasets else 0)
     rows = run_evaluation(objects, models, out_dir, methods, args.robustness, args.max_objects,
