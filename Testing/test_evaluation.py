@@ -412,3 +412,22 @@ def test_harness_reads_real_geometry_and_agrees_with_the_cli_voxel_for_voxel(sha
                  str(obj.prompts.slice_index), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     cli = read_volume(out).array
     assert cli.sum() > 0 and np.array_equal(cli, harness)
+
+
+def test_cli_merges_results_files_into_one_report(segmenter, tmp_path, capsys):
+    objects = sphere_objects()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_evaluation(objects, segmenter, tmp_path / "a", ("propsam-mask", "copy"), orientations=True)
+    run_evaluation(objects, segmenter, tmp_path / "b", ("propsam-box",))
+    out = tmp_path / "merged"
+    assert main(["evaluate", "--out-dir", str(out), "--from-results", str(tmp_path / "a" / "results.csv"),
+                 "--from-results", str(tmp_path / "b" / "results.csv")]) == 0
+    summary = (out / "summary.md").read_text()
+    for text in ("| propsam-box | default | 1 |", "| propsam-mask | default | 1 |", "### In-plane orientations",
+                 "| propsam-mask | 1 |"):
+        assert text in summary, text
+    a = (tmp_path / "a" / "summary.md").read_text()
+    table = lambda text: text[text.index("### In-plane orientations"):]  # noqa: E731
+    assert table(summary) == table(a)  # read back with the types it was written with
+    assert not (out / "robustness.png").exists()

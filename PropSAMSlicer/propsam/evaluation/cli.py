@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--robustness", action="store_true",
                    help="also move the prompt slice by ±5/10/15/20 %% of the object's extent, and sweep "
                         "propsam-mask's propagation thickness over 10/20/30/40 mm; adds a pooled table and robustness.png")
+    p.add_argument("--from-results", action="append", metavar="CSV",
+                   help="run nothing: write the outputs for the rows of these results.csv files (repeat to merge runs)")
     p.add_argument("--max-objects", type=int, help="stop after this many objects (a quick look)")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data or $PROPSAM_DATA_DIR)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -77,7 +79,10 @@ def load_models(args, names: list[str], ttas: list) -> list:
 def run(args) -> int:
     from ..io.atomic import check_writable
     from ..training.train import default_data_dir
-    from .harness import METHODS, MODEL_FREE, OUTPUTS, ROBUSTNESS_FIGURE, markdown_summary, run_evaluation
+    from .harness import (
+        METHODS, MODEL_FREE, OUTPUTS, ROBUSTNESS_FIGURE, has_robustness, markdown_summary, read_results, run_evaluation,
+        write_outputs,
+    )
     from .objects import PHANTOM_DATASET, eval_datasets, iter_eval_objects
 
     if args.phantoms < 0 or (args.max_objects is not None and args.max_objects < 1):
@@ -98,10 +103,16 @@ def run(args) -> int:
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir {out_dir} is a file, expected a folder")
+    rows = [r for path in args.from_results or [] for r in read_results(Path(path))]
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = OUTPUTS + ((ROBUSTNESS_FIGURE,) if args.robustness else ())
+    outputs = OUTPUTS + ((ROBUSTNESS_FIGURE,) if args.robustness or has_robustness(rows) else ())
     for name in outputs:
         check_writable(out_dir / name, args.force)
+    if args.from_results:
+        write_outputs(rows, out_dir)
+        print(markdown_summary(rows))
+        print(f"{len(rows)} rows from {len(args.from_results)} file(s); wrote {', '.join(str(out_dir / n) for n in outputs)}")
+        return 0
 
     models = load_models(args, names, ttas) if any(m not in MODEL_FREE for m in methods) else None
     start = time.perf_counter()

@@ -219,7 +219,7 @@ def markdown_summary(rows: list[dict]) -> str:
         out.append("")
     out.append("Ends: median signed extent error in slices (+ runs past the true end, - stops short).")
     out += ["", report_markdown(rows)]
-    if any(r["setting"].startswith(("slice", "thickness")) for r in rows):
+    if has_robustness(rows):
         out += ["", robustness_markdown(rows)]
     return "\n".join(out) + "\n"
 
@@ -241,13 +241,24 @@ def headline_means(rows: list[dict]) -> dict:
     return table
 
 
+FLOAT_COLUMNS = ("dice", "prompt_dice", "hd95_mm", "asd_mm", "seconds", "agreement", "thickness_mm")
+INT_COLUMNS = ("true_slices", "prompt_slice", "pred_slices", "true_first", "true_last", "pred_first", "pred_last",
+               "over_lower", "over_upper")
+
+
 def read_results(path: Path) -> list[dict]:
-    """results.csv back as rows with the types the harness wrote them with."""
+    """results.csv back as rows with the types the harness wrote them with (empty cells stay "")."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"method", "setting", "dataset", "headline", "dice", "hd95_mm"} <= set(rows[0]):
         raise InputError(f"{path} is not a results.csv written by `propsam evaluate`")
-    return [{**r, "headline": r["headline"] == "True", "dice": float(r["dice"]), "hd95_mm": float(r["hd95_mm"])} for r in rows]
+    for r in rows:
+        r["headline"] = r["headline"] == "True"
+        for columns, kind in ((FLOAT_COLUMNS, float), (INT_COLUMNS, int)):
+            for c in columns:
+                if r.get(c, "") != "":
+                    r[c] = kind(r[c])
+    return rows
 
 
 def csv_text(rows: list[dict]) -> str:
