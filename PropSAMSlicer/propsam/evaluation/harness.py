@@ -323,6 +323,8 @@ def run_evaluation(objects: Iterable[EvalObject], models, out_dir: Path, methods
         start = time.perf_counter()
         mine = evaluate_object(obj, models, methods, robustness, orientations)
         rows += mine
+        with atomic_path(Path(out_dir) / OUTPUTS[0]) as tmp:  # the rows so far survive an interrupted run
+            tmp.write_text(csv_text(rows))
         dices = ", ".join(f"{_label(r)} {r['dice']:.3f}" for r in mine if r["setting"] == DEFAULT)
         flag = "" if obj.headline else ", thin: not in the means"
         print(f"[{i}] {obj.key} ({obj.slices} slices{flag}): Dice {dices} ({time.perf_counter() - start:.1f} s)",
