@@ -431,3 +431,10 @@ def test_cli_merges_results_files_into_one_report(segmenter, tmp_path, capsys):
     table = lambda text: text[text.index("### In-plane orientations"):]  # noqa: E731
     assert table(summary) == table(a)  # read back with the types it was written with
     assert not (out / "robustness.png").exists()
+
+
+def test_merged_runs_of_one_model_under_two_tta_settings_stay_apart():
+    rows = [{"model": "lite", "tta": "1x1", "method": "propsam-mask"}, {"model": "lite", "tta": "8x8", "method": "propsam-mask"},
+            {"model": "-", "tta": "", "method": "copy"}]
+    assert [r["label"] for r in labelled(rows)] == ["lite tta1x1/propsam-mask", "lite tta8x8/propsam-mask", "copy"]
+    assert [r["label"] for r in labelled(rows[:1] + rows[2:])] == ["propsam-mask", "copy"]

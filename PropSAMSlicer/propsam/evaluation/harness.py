@@ -180,7 +180,12 @@ def _label(row: dict) -> str:
 
 def labelled(rows: list[dict]) -> list[dict]:
     """Rows with a "label" naming model and method when several models ran, the method alone otherwise
-    (so a single model's tables and its bundle manifest read as before)."""
+    (so a single model's tables and its bundle manifest read as before). A model seen with several
+    TTA settings (e.g. merged runs) gets its setting in the label."""
+    ttas: dict[str, set] = {}
+    for r in rows:
+        ttas.setdefault(r.get("model", "-"), set()).add(r.get("tta", ""))
+    rows = [{**r, "model": f"{r['model']} tta{r['tta']}"} if len(ttas.get(r.get("model", "-"), ())) > 1 else r for r in rows]
     several = len({r.get("model", "-") for r in rows} - {"-", ""}) > 1
     return [{**r, "label": _label(r) if several else r["method"]} for r in rows]
 
