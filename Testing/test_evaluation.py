@@ -16,8 +16,9 @@ from propsam.engine.segmenter import Segmenter
 from propsam.evaluation.baselines import box2mask_chain, copy_baseline, registration_baseline
 from propsam.evaluation.descriptors import box_ratio, convex_ratio, describe, inverse_inertia
 from propsam.evaluation.harness import (
-    METHODS, SLICE_SHIFTS, THICKNESSES_MM, Run, _cropped_pair, evaluate_object, run_evaluation, score,
+    METHODS, SLICE_SHIFTS, THICKNESSES_MM, Run, _cropped_pair, evaluate_object, labelled, run_evaluation, score,
 )
+from propsam.engine.roi import mask_bbox
 from propsam.engine.roi import slice_extent
 from propsam.evaluation.metrics import average_surface_distance, dice, hd95
 from propsam.evaluation.objects import eval_datasets, largest_slice, objects_of
@@ -254,6 +255,8 @@ def test_cli_runs_on_a_phantom_with_a_model_bundle(random_model, tmp_path, capsy
     (["--methods", "copy,magic"], "unknown method magic"),
     (["--datasets", "spleen2", "--data-dir", "/does/not/exist"], "data folder /does/not/exist does not exist"),
     (["--datasets", "phantom"], "needs --phantoms"),
+    (["--tta", "8x3"], "--tta expects"),
+    (["--model", "lite", "--model", "lite"], "--model given twice"),
 ])
 def test_cli_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "eval"
@@ -261,3 +264,177 @@ def test_cli_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, ar
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+# orientations, test-time averaging ----------------------------------------------------------------
+
+def test_orientations_invert_turn_boxes_and_form_groups():
+    from propsam.engine.tta import COUNTS, ORIENTATIONS, orientations
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 7, 5))
+    mask = np.zeros((7, 5), bool)
+    mask[1:4, 2:5] = True
+    names = set()
+    for o in ORIENTATIONS:
+        names.add(o.apply(x).tobytes())
+        assert np.array_equal(o.invert(o.apply(x)), x)
+        assert torch.equal(o.invert(o.apply(torch.from_numpy(x))), torch.from_numpy(x))
+        assert np.array_equal(o.apply(torch.from_numpy(x)).numpy(), o.apply(x))
+        r0, c0, r1, c1 = mask_bbox(o.apply(mask))
+        assert o.box((2, 1, 4, 3), mask.shape) == (c0, r0, c1, r1)
+    assert len(names) == 8  # eight different orientations
+    probe = rng.normal(size=(6, 6))
+    for n in COUNTS:  # every prefix is closed under composition: a group
+        turned = {o.apply(probe).tobytes() for o in orientations(n)}
+        assert {a.apply(b.apply(probe)).tobytes() for a in orientations(n) for b in orientations(n)} == turned
+
+
+def test_averaging_over_all_orientations_makes_a_network_invariant():
+    from propsam.engine.tta import ORIENTATIONS, mean_turned_back, stack_turned
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 5, padding=2))
+    x = torch.rand(2, 1, 16, 16)
+
+    def averaged(inp, n):
+        with torch.no_grad():
+            return mean_turned_back(net(stack_turned(inp, n)), n)
+
+    for n, invariant in ((1, False), (8, True)):
+        errors = [float((averaged(o.apply(x), n) - o.apply(averaged(x, n))).abs().max()) for o in ORIENTATIONS]
+        assert (max(errors) < 1e-5) == invariant, (n, errors)
+
+
+def test_box2mask_and_propmask_tta_are_deterministic_and_switchable(segmenter):
+    from propsam.engine.prompts import BoxPrompt
+    from propsam.engine.segmenter import SegmentOptions
+    from propsam.engine.tta import OFF, TestTimeAugmentation, parse_tta
+    from propsam.errors import InputError
+
+    obj = sphere_objects()[0]
+    p = obj.prompts
+    full = SegmentOptions(tta=TestTimeAugmentation(8, 8))
+    a = segmenter.segment(obj.volume, BoxPrompt(p.slice_index, p.box), full).mask
+    b = segmenter.segment(obj.volume, BoxPrompt(p.slice_index, p.box), full).mask
+    off = segmenter.segment(obj.volume, BoxPrompt(p.slice_index, p.box), SegmentOptions(tta=OFF)).mask
+    assert np.array_equal(a, b) and dice(a, obj.truth) > 0.8 and dice(off, obj.truth) > 0.8
+    assert parse_tta("8x2") == TestTimeAugmentation(8, 2) and parse_tta("off") == OFF
+    with pytest.raises(InputError, match="--tta expects"):
+        parse_tta("3x1")
+
+
+def test_segment_cli_refuses_a_bad_tta_before_reading_anything(tmp_path, capsys):
+    out = tmp_path / "m.nii.gz"
+    assert main(["segment", "--image", str(tmp_path / "missing.nii.gz"), "--out", str(out), "--box", "1,1,5,5",
+                 "--slice-index", "0", "--tta", "9x1"]) == 2
+    err = capsys.readouterr().err
+    assert "--tta expects" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_turned_objects_keep_prompts_on_the_turned_truth():
+    from propsam.engine.tta import ORIENTATIONS
+    from propsam.evaluation.objects import prompts_on
+    from propsam.evaluation.orientations import turn_object
+
+    obj = sphere_objects()[0]
+    obj.truth[:, 20:26, 30:40] = 1  # break the sphere's symmetry
+    for o in ORIENTATIONS:
+        turned = turn_object(obj, o)
+        assert np.array_equal(o.invert(turned.truth), obj.truth)
+        assert turned.prompts.box == prompts_on(turned.truth, obj.prompts.slice_index, 0).box
+        assert np.array_equal(turned.prompts.mask, turned.truth[obj.prompts.slice_index] > 0)
+        sx, sy, sz = obj.volume.spacing
+        assert turned.volume.spacing == ((sy, sx, sz) if o.transpose else (sx, sy, sz))
+
+
+def test_orientation_mode_reports_spread_and_agreement(segmenter, tmp_path):
+    from propsam.evaluation.orientations import spread_rows
+
+    rows = run_evaluation(sphere_objects(), segmenter, tmp_path, ("propsam-mask",), orientations=True)
+    assert len(rows) == 8 and len({r["setting"] for r in rows}) == 8
+    spreads = spread_rows(labelled(rows))
+    assert len(spreads) == 1 and spreads[0]["n"] == 8
+    d = [r["dice"] for r in rows]
+    assert spreads[0]["spread"] == pytest.approx(max(d) - min(d)) and 0.8 < spreads[0]["agreement"] <= 1.0
+    assert "### In-plane orientations" in (tmp_path / "summary.md").read_text()
+
+
+# report, models, other sources ------------------------------------------------------------------
+
+def test_bootstrap_interval_and_size_classes():
+    from propsam.evaluation.report import bootstrap_ci, size_class
+
+    values = np.linspace(0.5, 0.9, 30)
+    lo, hi = bootstrap_ci(values)
+    assert lo < values.mean() < hi and (lo, hi) == bootstrap_ci(values)
+    assert bootstrap_ci([0.7, 0.7]) == (0.7, 0.7)
+    assert [size_class(n) for n in (3, 6, 7, 30, 31)] == ["<= 6", "<= 6", "7-30", "7-30", "> 30"]
+
+
+def test_any_list_of_objects_and_several_models_in_one_run(segmenter, tmp_path):
+    from propsam.engine.tta import OFF
+    from propsam.evaluation.harness import Model
+    from propsam.evaluation.objects import make_object
+
+    volume, truth = sphere_volume(shape=(30, 48, 48), spacing=(1.0, 1.0, 2.0), radius_mm=10)
+    objects = [make_object("synthetic", "s1", "ball", volume, truth, "MR", "organ"),
+               make_object("synthetic", "s2", "ball", volume, truth, "CT", "lesion")]
+    models = [Model("a", segmenter), Model("b", segmenter, OFF)]
+    rows = run_evaluation(objects, models, tmp_path, ("propsam-box", "copy"))
+    assert sorted((r["model"], r["method"]) for r in rows if r["volume"] == "s1") == [
+        ("-", "copy"), ("a", "propsam-box"), ("b", "propsam-box")]
+    assert all(r["prompt_dice"] > 0.8 for r in rows if r["method"] == "propsam-box")
+    summary = (tmp_path / "summary.md").read_text()
+    report = summary[summary.index("### Report: 2 real object(s)"):]
+    for text in ("| a/propsam-box | 2 |", "| b/propsam-box | 2 |", "| copy | 2 |", "CT (n=1) | MR (n=1)",
+                 "<= 6 (n=0) | 7-30 (n=2)", "lesion (n=1) | organ (n=1)"):
+        assert text in report, text
+    with pytest.raises(ValueError, match="not on the volume's grid"):
+        make_object("synthetic", "s3", "ball", volume, truth[1:])
+
+
+def test_harness_reads_real_geometry_and_agrees_with_the_cli_voxel_for_voxel(shared_data, tmp_path):
+    """The harness must feed the engine what `propsam segment` gets: the file's direction (the
+    spleen's is not identity, which the old harness dropped) and the same default options."""
+    from propsam.evaluation.harness import Model, Run, predict
+    from propsam.evaluation.objects import entry_objects
+    from propsam.io.volume import read_volume
+
+    image = shared_data("msd-spleen2-crop", "sub-spleen2_ct.nii.gz")
+    entry = next(e for e in manifest_entries(image.parents[1], "eval") if e["id"] == "spleen2")
+    obj = next(entry_objects(entry, image.parents[1]))
+    assert obj.volume.direction == read_volume(image).direction != (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    harness = predict(Run("propsam-box", "default", obj.prompts), obj, Model("lite", Segmenter.load("lite", "cpu")))
+    out = tmp_path / "cli.nii.gz"
+    c0, r0, c1, r1 = obj.prompts.box
+    assert main(["segment", "--image", str(image), "--box", f"{c0},{r0},{c1},{r1}", "--slice-index",
+                 str(obj.prompts.slice_index), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    cli = read_volume(out).array
+    assert cli.sum() > 0 and np.array_equal(cli, harness)
+
+
+def test_cli_merges_results_files_into_one_report(segmenter, tmp_path, capsys):
+    objects = sphere_objects()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    run_evaluation(objects, segmenter, tmp_path / "a", ("propsam-mask", "copy"), orientations=True)
+    run_evaluation(objects, segmenter, tmp_path / "b", ("propsam-box",))
+    out = tmp_path / "merged"
+    assert main(["evaluate", "--out-dir", str(out), "--from-results", str(tmp_path / "a" / "results.csv"),
+                 "--from-results", str(tmp_path / "b" / "results.csv")]) == 0
+    summary = (out / "summary.md").read_text()
+    for text in ("| propsam-box | default | 1 |", "| propsam-mask | default | 1 |", "### In-plane orientations",
+                 "| propsam-mask | 1 |"):
+        assert text in summary, text
+    a = (tmp_path / "a" / "summary.md").read_text()
+    table = lambda text: text[text.index("### In-plane orientations"):]  # noqa: E731
+    assert table(summary) == table(a)  # read back with the types it was written with
+    assert not (out / "robustness.png").exists()
+
+
+def test_merged_runs_of_one_model_under_two_tta_settings_stay_apart():
+    rows = [{"model": "lite", "tta": "1x1", "method": "propsam-mask"}, {"model": "lite", "tta": "8x8", "method": "propsam-mask"},
+            {"model": "-", "tta": "", "method": "copy"}]
+    assert [r["label"] for r in labelled(rows)] == ["lite tta1x1/propsam-mask", "lite tta8x8/propsam-mask", "copy"]
+    assert [r["label"] for r in labelled(rows[:1] + rows[2:])] == ["propsam-mask", "copy"]

@@ -22,6 +22,7 @@ from ..errors import InputError
 from .device import autocast_for
 from .intensity import apply_window, window_from_values
 from .roi import box_roi, crop_to_model, paste_from_model, roi_grid
+from .tta import mean_turned_back, stack_turned
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,13 @@ class WindowSearch:
         return [window_from_values(values, lo, hi) for lo in self.lower_percentiles for hi in self.upper_percentiles]
 
 
-def _predict(net, plane: np.ndarray, roi, windows, size: int, device) -> np.ndarray:
+def _predict(net, plane: np.ndarray, roi, windows, size: int, device, orientations: int = 1) -> np.ndarray:
     grid = roi_grid(roi, size, plane.shape)
     raw = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
     x = torch.stack([crop_to_model(apply_window(raw[None], lo, hi), grid)[0] for lo, hi in windows])[:, None]
     with torch.inference_mode(), autocast_for(device):
-        prob = torch.sigmoid(net(x.to(device))["masks"][0].float()).mean(0)
+        logits = net(stack_turned(x, orientations).to(device))["masks"][0].float()
+        prob = mean_turned_back(torch.sigmoid(logits), orientations).mean(0)
     pasted, (r0, r1, c0, c1) = paste_from_model(prob, roi, plane.shape)
     out = np.zeros(plane.shape, np.float32)
     out[r0:r1, c0:c1] = pasted[0]
@@ -47,17 +49,18 @@ def _predict(net, plane: np.ndarray, roi, windows, size: int, device) -> np.ndar
 
 
 def box_to_mask(net, plane: np.ndarray, box: tuple[int, int, int, int], size: int, device,
-                search: WindowSearch = WindowSearch(), box_scale: float = 1.1) -> np.ndarray:
-    """plane (rows, cols) raw intensities; box (c0, r0, c1, r1) inclusive -> bool mask inside the box."""
+                search: WindowSearch = WindowSearch(), box_scale: float = 1.1, orientations: int = 1) -> np.ndarray:
+    """plane (rows, cols) raw intensities; box (c0, r0, c1, r1) inclusive -> bool mask inside the box.
+    orientations: average over this many in-plane orientations of each crop (engine/tta.py)."""
     c0, r0, c1, r1 = box
     inside = np.zeros(plane.shape, bool)
     inside[r0 : r1 + 1, c0 : c1 + 1] = True
     roi = box_roi(box, box_scale)
     br0, br1, bc0, bc1 = roi.bounds(plane.shape)
-    first = (_predict(net, plane, roi, search.windows(plane[br0:br1, bc0:bc1]), size, device) > 0.5) & inside
+    first = (_predict(net, plane, roi, search.windows(plane[br0:br1, bc0:bc1]), size, device, orientations) > 0.5) & inside
     if not first.any():
         raise InputError("Box2Mask found no object in the box; draw the box tightly around the object or sketch a mask")
     if not search.refine:
         return first
-    refined = (_predict(net, plane, roi, [window_from_values(plane[first], 0.5, 99.5)], size, device) > 0.5) & inside
+    refined = (_predict(net, plane, roi, [window_from_values(plane[first], 0.5, 99.5)], size, device, orientations) > 0.5) & inside
     return refined if refined.any() else first

@@ -24,6 +24,8 @@ def add_engine_options(p) -> None:
                    help="CPU threads for the engine (default: $OMP_NUM_THREADS if set, else the idle cores)")
     p.add_argument("--thickness-mm", type=float, default=20.0, help="propagation thickness per round (mm)")
     p.add_argument("--context", type=float, default=1.5, help="ROI size as a multiple of the mask's box")
+    p.add_argument("--tta", default=None, help="in-plane test-time averaging, BOX2MASKxPROPMASK orientations "
+                   "(1/2/4/8; e.g. 8x8 = most invariant, slowest) or 'off' (default: the engine's, 8x1)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -64,6 +66,10 @@ def check_options(args) -> None:
         raise InputError(f"--thickness-mm must be within (0, 200], got {args.thickness_mm}")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
+    if args.tta:
+        from .tta import parse_tta
+
+        parse_tta(args.tta)  # a bad setting is refused before anything is read
 
 
 def check_object_outputs(out, png, force: bool, images: list, files: list = ()) -> dict:
@@ -154,7 +160,10 @@ def segment_options(args):
     from .propagation import PropagationOptions
     from .segmenter import SegmentOptions
 
-    return SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context))
+    from .tta import TestTimeAugmentation, parse_tta
+
+    tta = parse_tta(args.tta) if args.tta else TestTimeAugmentation()
+    return SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context), tta=tta)
 
 
 def run_segment(args) -> int:

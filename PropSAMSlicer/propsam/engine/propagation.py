@@ -20,6 +20,7 @@ from .control import CancelToken, ProgressCallback
 from .device import autocast_for
 from .intensity import apply_window, window_from_values
 from .roi import crop_to_model, paste_from_model, roi_grid, slice_extent, square_roi
+from .tta import mean_over, mean_turned_back, stack_turned
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,14 @@ def propagate(
     net, size: int, volume: np.ndarray, spacing_prc: tuple[float, float, float], guide_index: int,
     guide_mask: np.ndarray, device: torch.device, options: PropagationOptions = PropagationOptions(),
     bounds: tuple[int, int] | None = None, progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-    reference: tuple[int, np.ndarray] | None = None,
+    reference: tuple[int, np.ndarray] | None = None, orientations: int = 1,
 ) -> tuple[np.ndarray, PropagationStats]:
     """volume (P, R, C) raw; guide_mask (R, C) bool on slice guide_index -> (P, R, C) uint8 mask.
 
     reference: (slice, mask) that sets the intensity window and the minimum area; default the
     guide. A correction re-propagating from a later slice passes the prompt's, so the object is
     judged by the same yardstick as in the first run. Bounds limit the run to one side.
+    orientations: PropMask averages over this many in-plane orientations (engine/tta.py).
     """
     depth = volume.shape[0]
     lo_bound, hi_bound = bounds if bounds is not None else (0, depth - 1)
@@ -114,7 +116,8 @@ def propagate(
         if not batch:
             break
         memory = (volume[guide_index], guide_mask) if options.prompt_memory and getattr(net, "memory_attention", None) else None
-        probs, presence, rois = _predict_round(net, size, volume, batch, spacing_rc, options.context, lo, hi, window, device, memory)
+        probs, presence, rois = _predict_round(net, size, volume, batch, spacing_rc, options.context, lo, hi, window, device,
+                                               orientations, memory)
         stats.rounds += 1
         for (side, targets), prob, present, roi in zip(batch, probs, presence, rois):
             pasted, (r0, r1, c0, c1) = paste_from_model(torch.from_numpy(prob[: len(targets)]), roi, volume.shape[1:])
@@ -180,7 +183,7 @@ def _judge(planes, presence, min_area: float, max_area: float, options: Propagat
     return accepted, accepted == 0, len(planes)
 
 
-def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device, memory=None):
+def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device, orientations=1, memory=None):
     """One PropMask call for all active sides; shorter sides are padded by repeating their last slice.
 
     memory: (prompt plane, prompt mask), cropped like each side's guide, for a network with a memory.
@@ -200,12 +203,13 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
         if memory is not None:
             mem_images.append(crop_to_model(apply_window(torch.from_numpy(memory[0][None].astype(np.float32)), lo, hi), grid))
             mem_masks.append((crop_to_model(torch.from_numpy(memory[1][None].astype(np.float32)), grid) > 0.5).float())
-    extra = [torch.stack(mem_images).to(device), torch.stack(mem_masks).to(device)] if memory is not None else []
+    tensors = (images, masks, adjacent) + ((mem_images, mem_masks) if memory is not None else ())
+    inputs = [stack_turned(torch.stack(t), orientations).to(device) for t in tensors]
     with torch.inference_mode(), autocast_for(device):
-        out = net(torch.stack(images).to(device), torch.stack(masks).to(device), torch.stack(adjacent).to(device), *extra)
-    probs = torch.sigmoid(out["masks"][0].float())[:, :, 0].cpu().numpy()
+        out = net(*inputs)
+    probs = mean_turned_back(torch.sigmoid(out["masks"][0].float()), orientations)[:, :, 0].cpu().numpy()
     if "presence" in out:
-        presence = torch.sigmoid(out["presence"].float()).cpu().numpy()
+        presence = mean_over(torch.sigmoid(out["presence"].float()), orientations).cpu().numpy()
     else:
         presence = np.ones(probs.shape[:2], np.float32)
     return probs, presence, rois

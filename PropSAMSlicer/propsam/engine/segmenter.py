@@ -23,6 +23,7 @@ from .device import default_threads, pick_device
 from .orientation import canonical_flips, flip_array, flip_plane, flip_prompt
 from .prompts import BoxPrompt, MaskPrompt, Prompt, TwoViewBoxPrompt
 from .propagation import PropagationOptions, PropagationStats, propagate
+from .tta import TestTimeAugmentation
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class SegmentOptions:
     propagation: PropagationOptions = PropagationOptions()
     window_search: WindowSearch = WindowSearch()
     box_scale: float = 1.1
+    tta: TestTimeAugmentation = TestTimeAugmentation()  # in-plane orientations averaged per network
 
 
 @dataclass
@@ -104,14 +106,14 @@ class Segmenter:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             guide = box_to_mask(self.box2mask, plane, prompt.box, self.config.box2mask.image_size, self.device,
-                                options.window_search, options.box_scale)
+                                options.window_search, options.box_scale, options.tta.box2mask)
         elif isinstance(prompt, MaskPrompt):
             guide = np.asarray(prompt.mask) > 0
         else:
             raise InputError(f"unknown prompt type {type(prompt).__name__}")
         mask, stats = propagate(
             self.propmask, self.config.propmask.image_size, moved, spacing, prompt.slice_index, guide, self.device,
-            options.propagation, bounds=bounds, progress=progress, cancel=cancel,
+            options.propagation, bounds=bounds, progress=progress, cancel=cancel, orientations=options.tta.propmask,
         )
         mask = np.moveaxis(mask, 0, axis)
         if bounds is not None:  # the two-view box bounds the object in every direction

@@ -13,7 +13,14 @@ def register(subparsers) -> None:
         "evaluate", help="Dice/HD95/ASD/extent of PropSAM and baselines on the eval split; CSV, markdown, PNG",
     )
     p.add_argument("--out-dir", required=True, help="folder for results.csv, summary.md and dice.png (created)")
-    p.add_argument("--model", default="lite", help="lite, or a model folder / manifest.json")
+    p.add_argument("--model", action="append",
+                   help="lite, or a model folder / manifest.json; repeat to compare models in one run (default: lite)")
+    p.add_argument("--tta", action="append",
+                   help="test-time averaging BOX2MASKxPROPMASK orientations (1/2/4/8) or 'off'; repeat to compare "
+                        "(each model runs under each; default: the engine's)")
+    p.add_argument("--orientations", action="store_true",
+                   help="also run PropSAM under the 7 other in-plane orientations (flips/transposes); adds the spread table")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all usable cores)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--datasets", help="comma-separated: the eval split's datasets and/or 'phantom' (default: all)")
     p.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
@@ -24,6 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--corrections", type=int, metavar="K",
                    help="instead: a simulated user makes K corrections per object (propsam-box); writes the "
                         "'Dice after k corrections' table against hand-editing to corrections.csv/.md")
+    p.add_argument("--from-results", action="append", metavar="CSV",
+                   help="run nothing: write the outputs for the rows of these results.csv files (repeat to merge runs)")
     p.add_argument("--max-objects", type=int, help="stop after this many objects (a quick look)")
     p.add_argument("--data-dir", help="shared data folder (default ../shared/data or $PROPSAM_DATA_DIR)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -40,10 +49,43 @@ def choose(text: str | None, known: list[str], what: str) -> list[str]:
     return chosen
 
 
+def model_choices(args) -> tuple[list[str], list]:
+    """--model and --tta checked before anything is written or loaded."""
+    from ..engine.tta import TestTimeAugmentation, parse_tta
+
+    names = args.model or ["lite"]
+    if len(set(names)) != len(names):
+        raise InputError(f"--model given twice: {', '.join(names)}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads must be >= 1")
+    ttas = [parse_tta(t) for t in args.tta] if args.tta else [TestTimeAugmentation()]
+    if len(set(ttas)) != len(ttas):
+        raise InputError("--tta given twice with the same setting")
+    return names, ttas
+
+
+def load_models(args, names: list[str], ttas: list) -> list:
+    """One harness Model per --model x --tta; labels name the model (and the TTA when several)."""
+    from ..engine.segmenter import Segmenter
+    from ..engine.tta import tta_name
+    from .harness import Model
+
+    models = []
+    for name in names:
+        segmenter = Segmenter.load(name, args.device, args.threads)
+        label = Path(name).parent.name if name.endswith(".json") else Path(name).name
+        for tta in ttas:
+            models.append(Model(label + (f" tta{tta_name(tta)}" if len(ttas) > 1 else ""), segmenter, tta))
+    return models
+
+
 def run(args) -> int:
     from ..io.atomic import check_writable
     from ..training.train import default_data_dir
-    from .harness import METHODS, MODEL_FREE, OUTPUTS, ROBUSTNESS_FIGURE, markdown_summary, run_evaluation
+    from .harness import (
+        METHODS, MODEL_FREE, OUTPUTS, ROBUSTNESS_FIGURE, has_robustness, markdown_summary, read_results, run_evaluation,
+        write_outputs,
+    )
     from .objects import PHANTOM_DATASET, eval_datasets, iter_eval_objects
 
     if args.phantoms < 0 or (args.max_objects is not None and args.max_objects < 1):
@@ -64,30 +106,34 @@ def run(args) -> int:
         raise InputError(f"data folder {data_dir} does not exist; pass --data-dir or set PROPSAM_DATA_DIR "
                          f"(or evaluate phantoms only: --datasets phantom --phantoms N)")
     methods = choose(args.methods, list(METHODS), "method")
+    names, ttas = model_choices(args)
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir {out_dir} is a file, expected a folder")
+    rows = [r for path in args.from_results or [] for r in read_results(Path(path))]
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = OUTPUTS + ((ROBUSTNESS_FIGURE,) if args.robustness else ())
+    outputs = OUTPUTS + ((ROBUSTNESS_FIGURE,) if args.robustness or has_robustness(rows) else ())
     if args.corrections is not None:
         from .corrections import OUTPUTS as outputs
     for name in outputs:
         check_writable(out_dir / name, args.force)
+    if args.from_results:
+        write_outputs(rows, out_dir)
+        print(markdown_summary(rows))
+        print(f"{len(rows)} rows from {len(args.from_results)} file(s); wrote {', '.join(str(out_dir / n) for n in outputs)}")
+        return 0
 
-    segmenter = None
-    if args.corrections is not None or any(m not in MODEL_FREE for m in methods):
-        from ..engine.segmenter import Segmenter
-
-        segmenter = Segmenter.load(args.model, args.device)
+    models = load_models(args, names, ttas) if args.corrections is not None or any(m not in MODEL_FREE for m in methods) else None
     start = time.perf_counter()
     objects = iter_eval_objects(data_dir, real_chosen, args.phantoms if PHANTOM_DATASET in datasets else 0)
-    if args.corrections is not None:
+    if args.corrections is not None:  # the simulated user works with the first model
         from .corrections import eval_modalities, markdown_table, run_corrections
 
-        rows = run_corrections(objects, segmenter, out_dir, args.corrections, eval_modalities(data_dir), args.max_objects)
+        rows = run_corrections(objects, models[0].segmenter, out_dir, args.corrections, eval_modalities(data_dir), args.max_objects)
         print(markdown_table(rows, args.corrections))
     else:
-        rows = run_evaluation(objects, segmenter, out_dir, methods, args.robustness, args.max_objects)
+        rows = run_evaluation(objects, models, out_dir, methods, args.robustness, args.max_objects,
+                              orientations=args.orientations)
         print(markdown_summary(rows))
     print(f"{len({(r['volume'], r['object']) for r in rows})} object(s), {len(rows)} rows in "
           f"{time.perf_counter() - start:.0f} s; wrote {', '.join(str(out_dir / n) for n in outputs)}")

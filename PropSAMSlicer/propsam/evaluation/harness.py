@@ -1,6 +1,7 @@
 """Run PropSAM and the baselines side by side on evaluation objects; write CSV, markdown and a figure.
 
-One CSV row per object x method x setting. Extent errors are signed slices at each end of the
+One CSV row per object x model x method x setting. Several models (and test-time averaging
+settings) run in one call, each a `Model`; model-free baselines run once. Extent errors are signed slices at each end of the
 object along axis 0: positive = the prediction runs past the true end, negative = stops short.
 Means in the markdown use headline objects only (>= 5 slices); HD95/ASD means skip empty
 predictions, which are counted as failures instead.
@@ -14,7 +15,7 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, TextIO
 
@@ -25,12 +26,15 @@ from ..engine.prompts import BoxPrompt, MaskPrompt
 from ..engine.propagation import PropagationOptions
 from ..engine.roi import slice_extent
 from ..engine.segmenter import SegmentOptions
+from ..engine.tta import ORIENTATIONS, Orientation, TestTimeAugmentation, tta_name
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from .baselines import box2mask_chain, box_guide, copy_baseline, registration_baseline
 from .descriptors import describe
 from .metrics import average_surface_distance, dice, hd95
 from .objects import PHANTOM_DATASET, EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
+from .orientations import agreement, orientation_setting, turn_object
+from .report import report_markdown
 from .robustness import (
     DEFAULT, FIGURE as ROBUSTNESS_FIGURE, has_robustness, robustness_markdown, shift_setting, thickness_setting,
     write_robustness_figure,
@@ -44,16 +48,44 @@ OUTPUTS = ("results.csv", "summary.md", "dice.png")
 
 
 @dataclass(frozen=True)
+class Model:
+    """One engine configuration under evaluation: a label for the tables, the loaded networks, and
+    the test-time averaging it runs with (default: what `propsam segment` runs)."""
+
+    label: str
+    segmenter: object
+    tta: TestTimeAugmentation = TestTimeAugmentation()
+
+
+NO_MODEL = Model("-", None)  # the model-free baselines' rows
+
+
+def as_models(models) -> list[Model]:
+    """A Segmenter, a Model, a list of Models, or None (model-free methods only) -> a list of Models."""
+    if models is None:
+        return []
+    if isinstance(models, Model):
+        return [models]
+    if isinstance(models, (list, tuple)):
+        return list(models)
+    return [Model(models.config.name, models)]
+
+
+@dataclass(frozen=True)
 class Run:
     method: str
     setting: str
     prompts: Prompts
     thickness_mm: float = PropagationOptions().thickness_mm
+    orientation: Orientation = ORIENTATIONS[0]
 
 
-def plan_runs(obj: EvalObject, methods: Iterable[str], robustness: bool) -> list[Run]:
+def plan_runs(obj: EvalObject, methods: Iterable[str], robustness: bool, orientations: bool = False) -> list[Run]:
     methods = [m for m in METHODS if m in methods]
     runs = [Run(m, DEFAULT, obj.prompts) for m in methods]
+    if orientations:  # the model's own methods only: the baselines carry no learned orientation
+        runs += [Run(m, orientation_setting(o), obj.prompts, orientation=o)
+                 for o in ORIENTATIONS[1:] for m in methods if m.startswith("propsam")]
     if not robustness:
         return runs
     home = obj.prompts.slice_index
@@ -66,8 +98,14 @@ def plan_runs(obj: EvalObject, methods: Iterable[str], robustness: bool) -> list
     return runs
 
 
-def predict(run: Run, obj: EvalObject, segmenter) -> np.ndarray:
-    p, volume = run.prompts, obj.volume
+def predict(run: Run, obj: EvalObject, model: Model) -> np.ndarray:
+    """The mask `propsam segment` would return for this run's prompt on this object's volume (turned
+    by the run's orientation, and turned back)."""
+    if run.orientation != ORIENTATIONS[0]:
+        turned = turn_object(obj, run.orientation)
+        return np.ascontiguousarray(run.orientation.invert(predict(replace(run, orientation=ORIENTATIONS[0],
+                                                                           prompts=turned.prompts), turned, model)))
+    p, volume, segmenter = run.prompts, obj.volume, model.segmenter
     if run.method == "copy":
         return copy_baseline(volume, p.slice_index, p.mask)
     if run.method == "registration":
@@ -79,7 +117,7 @@ def predict(run: Run, obj: EvalObject, segmenter) -> np.ndarray:
         "propsam-box-jitter": BoxPrompt(p.slice_index, p.jittered_box),
         "propsam-mask": MaskPrompt(p.slice_index, p.mask),
     }[run.method]
-    options = SegmentOptions(propagation=PropagationOptions(thickness_mm=run.thickness_mm))
+    options = SegmentOptions(propagation=PropagationOptions(thickness_mm=run.thickness_mm), tta=model.tta)
     return segmenter.segment(volume, prompt, options).mask
 
 
@@ -90,16 +128,19 @@ def _cropped_pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray
     return prediction[box], truth[box]
 
 
-def score(run: Run, obj: EvalObject, prediction: np.ndarray, seconds: float, error: str = "") -> dict:
+def score(run: Run, obj: EvalObject, prediction: np.ndarray, seconds: float, error: str = "", model: Model = NO_MODEL) -> dict:
     spacing = tuple(obj.volume.axis_spacing(a) for a in range(3))
     pred, truth = _cropped_pair(prediction, obj.truth)
     got = slice_extent(prediction)
     first, last = obj.extent
+    s = run.prompts.slice_index
     return {
         "dataset": obj.dataset, "volume": obj.volume_id, "object": obj.name, "headline": obj.headline,
-        "true_slices": obj.slices, "method": run.method, "setting": run.setting, "prompt_slice": run.prompts.slice_index,
+        "modality": obj.modality, "kind": obj.kind, "truth_source": obj.truth_source, "subject": obj.subject,
+        "true_slices": obj.slices, "model": model.label, "tta": tta_name(model.tta) if model.segmenter else "",
+        "method": run.method, "setting": run.setting, "prompt_slice": s,
         "thickness_mm": run.thickness_mm if run.method.startswith("propsam") else "",
-        "dice": dice(pred, truth), "hd95_mm": hd95(pred, truth, spacing), "asd_mm": average_surface_distance(pred, truth, spacing),
+        "dice": dice(pred, truth), "prompt_dice": dice(prediction[s], obj.truth[s]), "hd95_mm": hd95(pred, truth, spacing), "asd_mm": average_surface_distance(pred, truth, spacing),
         "seconds": round(seconds, 3), "pred_slices": int((prediction > 0).reshape(prediction.shape[0], -1).any(1).sum()),
         "true_first": first, "true_last": last,
         "pred_first": got[0] if got else "", "pred_last": got[1] if got else "",
@@ -108,17 +149,45 @@ def score(run: Run, obj: EvalObject, prediction: np.ndarray, seconds: float, err
     }
 
 
-def evaluate_object(obj: EvalObject, segmenter, methods: Iterable[str], robustness: bool = False) -> list[dict]:
+def evaluate_object(obj: EvalObject, models, methods: Iterable[str], robustness: bool = False,
+                    orientations: bool = False) -> list[dict]:
     shape = {k: round(v, 4) for k, v in asdict(describe(obj.truth, tuple(obj.volume.axis_spacing(a) for a in range(3)))).items()}
     rows = []
-    for run in plan_runs(obj, methods, robustness):
-        start = time.perf_counter()
-        try:
-            prediction, error = predict(run, obj, segmenter), ""
-        except InputError as exc:  # e.g. Box2Mask finds nothing in the box: a failed case, not a crash
-            prediction, error = np.zeros_like(obj.truth), str(exc)
-        rows.append({**score(run, obj, prediction, time.perf_counter() - start, error), **shape})
+    runs = plan_runs(obj, methods, robustness, orientations)
+    for model in [NO_MODEL] + as_models(models):
+        mine = [r for r in runs if (r.method in MODEL_FREE) == (model is NO_MODEL)]
+        turned: dict[str, list[tuple[dict, np.ndarray]]] = {}  # method -> its rows and masks per orientation
+        for run in mine:
+            start = time.perf_counter()
+            try:
+                prediction, error = predict(run, obj, model), ""
+            except InputError as exc:  # e.g. Box2Mask finds nothing in the box: a failed case, not a crash
+                prediction, error = np.zeros_like(obj.truth), str(exc)
+            rows.append({**score(run, obj, prediction, time.perf_counter() - start, error, model), **shape, "agreement": ""})
+            if orientations and (run.setting == DEFAULT or run.orientation != ORIENTATIONS[0]):
+                turned.setdefault(run.method, []).append((rows[-1], prediction))
+        for group in turned.values():
+            if len(group) > 1:
+                value = agreement([p for _, p in group])
+                for row, _ in group:
+                    row["agreement"] = value
     return rows
+
+
+def _label(row: dict) -> str:
+    return row["method"] if row.get("model", "-") in ("-", "") else f"{row['model']}/{row['method']}"
+
+
+def labelled(rows: list[dict]) -> list[dict]:
+    """Rows with a "label" naming model and method when several models ran, the method alone otherwise
+    (so a single model's tables and its bundle manifest read as before). A model seen with several
+    TTA settings (e.g. merged runs) gets its setting in the label."""
+    ttas: dict[str, set] = {}
+    for r in rows:
+        ttas.setdefault(r.get("model", "-"), set()).add(r.get("tta", ""))
+    rows = [{**r, "model": f"{r['model']} tta{r['tta']}"} if len(ttas.get(r.get("model", "-"), ())) > 1 else r for r in rows]
+    several = len({r.get("model", "-") for r in rows} - {"-", ""}) > 1
+    return [{**r, "label": _label(r) if several else r["method"]} for r in rows]
 
 
 def _mean_sd(values: list[float], digits: int) -> str:
@@ -132,6 +201,7 @@ def _median(values) -> str:
 
 
 def markdown_summary(rows: list[dict]) -> str:
+    rows = labelled(rows)
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == dataset]
@@ -142,8 +212,8 @@ def markdown_summary(rows: list[dict]) -> str:
         out.append("| method | setting | n | Dice | HD95 (mm) | ASD (mm) | failed | lower end (slices) | upper end (slices) | s / object |")
         out.append("|---|---|---:|---|---|---|---:|---:|---:|---:|")
         used = [r for r in mine if r["headline"]]
-        for method, setting in dict.fromkeys((r["method"], r["setting"]) for r in used):
-            group = [r for r in used if r["method"] == method and r["setting"] == setting]
+        for method, setting in dict.fromkeys((r["label"], r["setting"]) for r in used if not r["setting"].startswith("orient")):
+            group = [r for r in used if r["label"] == method and r["setting"] == setting]
             failed = sum(not math.isfinite(r["hd95_mm"]) for r in group)
             out.append(
                 f"| {method} | {setting} | {len(group)} | {_mean_sd([r['dice'] for r in group], 3)} | "
@@ -153,6 +223,7 @@ def markdown_summary(rows: list[dict]) -> str:
             )
         out.append("")
     out.append("Ends: median signed extent error in slices (+ runs past the true end, - stops short).")
+    out += ["", report_markdown(rows)]
     if has_robustness(rows):
         out += ["", robustness_markdown(rows)]
     return "\n".join(out) + "\n"
@@ -161,10 +232,10 @@ def markdown_summary(rows: list[dict]) -> str:
 def headline_means(rows: list[dict]) -> dict:
     """method -> dataset (and 'real objects', phantoms left out) -> n, mean Dice, mean finite HD95,
     over headline objects at the default setting: the table a model bundle records."""
-    used = [r for r in rows if r["headline"] and r["setting"] == DEFAULT]
+    used = [r for r in labelled(rows) if r["headline"] and r["setting"] == DEFAULT]
     table: dict = {}
-    for method in dict.fromkeys(r["method"] for r in used):
-        mine = [r for r in used if r["method"] == method]
+    for method in dict.fromkeys(r["label"] for r in used):
+        mine = [r for r in used if r["label"] == method]
         groups = {d: [r for r in mine if r["dataset"] == d] for d in dict.fromkeys(r["dataset"] for r in mine)}
         groups["real objects"] = [r for r in mine if r["dataset"] != PHANTOM_DATASET]
         table[method] = {
@@ -175,13 +246,24 @@ def headline_means(rows: list[dict]) -> dict:
     return table
 
 
+FLOAT_COLUMNS = ("dice", "prompt_dice", "hd95_mm", "asd_mm", "seconds", "agreement", "thickness_mm")
+INT_COLUMNS = ("true_slices", "prompt_slice", "pred_slices", "true_first", "true_last", "pred_first", "pred_last",
+               "over_lower", "over_upper")
+
+
 def read_results(path: Path) -> list[dict]:
-    """results.csv back as rows with the types the harness wrote them with."""
+    """results.csv back as rows with the types the harness wrote them with (empty cells stay "")."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"method", "setting", "dataset", "headline", "dice", "hd95_mm"} <= set(rows[0]):
         raise InputError(f"{path} is not a results.csv written by `propsam evaluate`")
-    return [{**r, "headline": r["headline"] == "True", "dice": float(r["dice"]), "hd95_mm": float(r["hd95_mm"])} for r in rows]
+    for r in rows:
+        r["headline"] = r["headline"] == "True"
+        for columns, kind in ((FLOAT_COLUMNS, float), (INT_COLUMNS, int)):
+            for c in columns:
+                if r.get(c, "") != "":
+                    r[c] = kind(r[c])
+    return rows
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -232,16 +314,23 @@ def write_outputs(rows: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
-def run_evaluation(objects: Iterable[EvalObject], segmenter, out_dir: Path, methods: Iterable[str] = METHODS,
-                   robustness: bool = False, max_objects: int | None = None, log: TextIO | None = None) -> list[dict]:
-    """Evaluate each object in turn (a progress line per object on `log`), then write OUTPUTS to out_dir."""
+def run_evaluation(objects: Iterable[EvalObject], models, out_dir: Path, methods: Iterable[str] = METHODS,
+                   robustness: bool = False, max_objects: int | None = None, log: TextIO | None = None,
+                   orientations: bool = False) -> list[dict]:
+    """Evaluate each object in turn (a progress line per object on `log`), then write OUTPUTS to out_dir.
+
+    objects: any iterable of EvalObject (objects.make_object builds one from a Volume and a truth mask).
+    models: a Segmenter, a Model or a list of Models (None: model-free methods only).
+    orientations: also run the model's methods under the 7 other in-plane orientations (orientations.py)."""
     methods = tuple(methods)
     rows: list[dict] = []
     for i, obj in enumerate(itertools.islice(objects, max_objects), start=1):
         start = time.perf_counter()
-        mine = evaluate_object(obj, segmenter, methods, robustness)
+        mine = evaluate_object(obj, models, methods, robustness, orientations)
         rows += mine
-        dices = ", ".join(f"{r['method']} {r['dice']:.3f}" for r in mine if r["setting"] == DEFAULT)
+        with atomic_path(Path(out_dir) / OUTPUTS[0]) as tmp:  # the rows so far survive an interrupted run
+            tmp.write_text(csv_text(rows))
+        dices = ", ".join(f"{_label(r)} {r['dice']:.3f}" for r in mine if r["setting"] == DEFAULT)
         flag = "" if obj.headline else ", thin: not in the means"
         print(f"[{i}] {obj.key} ({obj.slices} slices{flag}): Dice {dices} ({time.perf_counter() - start:.1f} s)",
               file=log or sys.stderr, flush=True)

@@ -37,7 +37,8 @@ def thickness(row: dict) -> float | None:
 
 
 def has_robustness(rows: list[dict]) -> bool:
-    return any(r["setting"] != DEFAULT for r in rows)
+    """Rows of a prompt-slice shift or a thickness change (orientation rows are not robustness rows)."""
+    return any(r["setting"].startswith(("slice", "thickness")) for r in rows)
 
 
 def _mean_dice_by(rows: list[dict], key) -> dict[str, dict[float, float]]:

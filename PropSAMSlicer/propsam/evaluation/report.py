@@ -1,0 +1,88 @@
+"""The evaluation report of issue 9.7, from the harness rows at the default setting.
+
+Mean Dice with a bootstrap 95 % interval (objects resampled with replacement, seeded: the same
+interval every run), per modality, per size class (slices along the prompt axis), per kind
+(failure-mode group, the manifest's `kind`), end errors (absolute slices: median and 90th
+percentile at each end), prompt-slice 2D Dice and seconds per object. Rows carry "label"
+(harness.labelled). Objects of one subject are not independent (e.g. many lesions of one
+patient), so the interval over objects is narrower than one over subjects would be.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .orientations import orientation_markdown
+from .robustness import DEFAULT
+
+BOOTSTRAP_SAMPLES = 2000
+SIZE_CLASSES = (("<= 6", 0, 6), ("7-30", 7, 30), ("> 30", 31, 10**9))
+
+
+def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+    values = np.asarray(values, float)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    means = values[np.random.default_rng(seed).integers(0, values.size, (samples, values.size))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def mean_ci(values) -> str:
+    if not len(values):
+        return "-"
+    lo, hi = bootstrap_ci(values)
+    return f"{np.mean(values):.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def size_class(slices: int) -> str:
+    return next(name for name, lo, hi in SIZE_CLASSES if lo <= slices <= hi)
+
+
+def _grouped_table(rows: list[dict], labels: list[str], title: str, key, groups: list[str]) -> list[str]:
+    out = [f"#### {title}", "", "| model / method | " + " | ".join(f"{g} (n={sum(1 for r in rows if key(r) == g and r['label'] == labels[0])})"
+                                                       for g in groups) + " |",
+           "|---|" + "---|" * len(groups)]
+    for label in labels:
+        mine = [r for r in rows if r["label"] == label]
+        out.append(f"| {label} | " + " | ".join(mean_ci([r["dice"] for r in mine if key(r) == g]) for g in groups) + " |")
+    return out + [""]
+
+
+def _abs_ends(rows: list[dict], column: str) -> list[float]:
+    return [abs(float(r[column])) for r in rows if r[column] not in ("", None)]
+
+
+def _q(values: list[float], q: float) -> str:
+    return f"{np.percentile(values, q):.1f}" if values else "-"
+
+
+def report_markdown(rows: list[dict]) -> str:
+    used = [r for r in rows if r["setting"] == DEFAULT and r["dataset"] != "phantom"]
+    if not used:
+        return ""
+    labels = list(dict.fromkeys(r["label"] for r in used))
+    objects = {(r["dataset"], r["volume"], r["object"]) for r in used}
+    out = [f"### Report: {len(objects)} real object(s), default setting",
+           "", "Dice: mean [bootstrap 95 % interval over objects, 2000 resamples]. Ends: |predicted - true| end slice "
+           "along the prompt axis; an empty prediction has no ends and is left out of them (see 'empty').", "",
+           "| model / method | n | Dice | empty | lower end median / p90 | upper end median / p90 | "
+           "prompt-slice 2D Dice | s / object |",
+           "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for label in labels:
+        mine = [r for r in used if r["label"] == label]
+        lower, upper = _abs_ends(mine, "over_lower"), _abs_ends(mine, "over_upper")
+        out.append(
+            f"| {label} | {len(mine)} | {mean_ci([r['dice'] for r in mine])} | {sum(r['pred_first'] == '' for r in mine)} | "
+            f"{_q(lower, 50)} / {_q(lower, 90)} | {_q(upper, 50)} / {_q(upper, 90)} | "
+            f"{np.mean([float(r['prompt_dice']) for r in mine]):.3f} | {np.mean([float(r['seconds']) for r in mine]):.2f} |")
+    out += ["", "Prompt-slice 2D Dice is 1 by construction for mask prompts (the prompt is the guide).", ""]
+    modalities = sorted({r["modality"] or "?" for r in used})
+    out += _grouped_table(used, labels, "Dice per modality", lambda r: r["modality"] or "?", modalities)
+    out += _grouped_table(used, labels, "Dice per size class (slices along the prompt axis)",
+                          lambda r: size_class(int(r["true_slices"])), [name for name, _, _ in SIZE_CLASSES])
+    kinds = sorted({r["kind"] or "?" for r in used})
+    out += _grouped_table(used, labels, "Dice per kind (failure-mode group: touching = similar-intensity neighbours, "
+                          "nested = the box also frames another structure, thin, lesion, organ)",
+                          lambda r: r["kind"] or "?", kinds)
+    orient = orientation_markdown(rows)
+    return "\n".join(out) + ("\n" + orient if orient else "")
