@@ -117,3 +117,16 @@ def test_warm_start_from_shipped_weights_adds_only_the_memory(tmp_path):
     assert any(k.startswith("memory_attention.") for k in own) and not any(k.startswith("memory_attention.") for k in shipped)
     with pytest.raises(RuntimeError, match="does not fit"):
         Trainer(tiny_config(tmp_path / "x", steps=1, network="box2mask", init_from=str(weights)))
+
+
+def test_synthetic_evaluation_objects_stay_out_of_the_real_pool(shared_data, tmp_path):
+    from propsam.evaluation.harness import headline_means, run_evaluation
+    from propsam.evaluation.synthetic import SYNTHETIC_DATASET, synthetic_objects
+    from propsam.engine.segmenter import Segmenter
+
+    objects = list(synthetic_objects(shared_data("totalseg-examples").parent, 2))
+    assert objects and all(o.dataset == SYNTHETIC_DATASET and o.slices >= 3 for o in objects)
+    again = list(synthetic_objects(shared_data("totalseg-examples").parent, 2))
+    assert [o.key for o in again] == [o.key for o in objects]  # seeded
+    rows = run_evaluation(objects[:1], Segmenter.load("lite", "cpu"), tmp_path, methods=("copy",))
+    assert "real objects" not in headline_means(rows).get("copy", {}) or headline_means(rows)["copy"]["real objects"]["n"] == 0

@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--datasets", help="comma-separated: the eval split's datasets and/or 'phantom' (default: all)")
     p.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
     p.add_argument("--phantoms", type=int, default=0, help="also evaluate the objects of N seeded phantoms")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="also evaluate N synthetic-from-labels volumes (training label maps, unseen seeds; own table)")
     p.add_argument("--robustness", action="store_true",
                    help="also move the prompt slice by ±5/10/15/20 %% of the object's extent, and sweep "
                         "propsam-mask's propagation thickness over 10/20/30/40 mm; adds a pooled table and robustness.png")
@@ -88,8 +90,8 @@ def run(args) -> int:
     )
     from .objects import PHANTOM_DATASET, eval_datasets, iter_eval_objects
 
-    if args.phantoms < 0 or (args.max_objects is not None and args.max_objects < 1):
-        raise InputError("--phantoms must be >= 0 and --max-objects >= 1")
+    if args.phantoms < 0 or args.synthetic < 0 or (args.max_objects is not None and args.max_objects < 1):
+        raise InputError("--phantoms and --synthetic must be >= 0 and --max-objects >= 1")
     if args.corrections is not None and args.corrections < 1:
         raise InputError(f"--corrections must be >= 1, got {args.corrections}")
     if args.corrections is not None and (args.methods or args.robustness):
@@ -126,6 +128,12 @@ def run(args) -> int:
     models = load_models(args, names, ttas) if args.corrections is not None or any(m not in MODEL_FREE for m in methods) else None
     start = time.perf_counter()
     objects = iter_eval_objects(data_dir, real_chosen, args.phantoms if PHANTOM_DATASET in datasets else 0)
+    if args.synthetic:
+        from itertools import chain
+
+        from .synthetic import synthetic_objects
+
+        objects = chain(objects, synthetic_objects(data_dir, args.synthetic))
     if args.corrections is not None:  # the simulated user works with the first model
         from .corrections import eval_modalities, markdown_table, run_corrections
 

@@ -32,7 +32,7 @@ from ..io.atomic import atomic_path
 from .baselines import box2mask_chain, box_guide, copy_baseline, registration_baseline
 from .descriptors import describe
 from .metrics import average_surface_distance, dice, hd95
-from .objects import PHANTOM_DATASET, EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
+from .objects import GENERATED_DATASETS, EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
 from .orientations import agreement, orientation_setting, turn_object
 from .report import report_markdown
 from .robustness import (
@@ -230,14 +230,14 @@ def markdown_summary(rows: list[dict]) -> str:
 
 
 def headline_means(rows: list[dict]) -> dict:
-    """method -> dataset (and 'real objects', phantoms left out) -> n, mean Dice, mean finite HD95,
+    """method -> dataset (and 'real objects', phantoms and synthetic volumes left out) -> n, mean Dice, mean finite HD95,
     over headline objects at the default setting: the table a model bundle records."""
     used = [r for r in labelled(rows) if r["headline"] and r["setting"] == DEFAULT]
     table: dict = {}
     for method in dict.fromkeys(r["label"] for r in used):
         mine = [r for r in used if r["label"] == method]
         groups = {d: [r for r in mine if r["dataset"] == d] for d in dict.fromkeys(r["dataset"] for r in mine)}
-        groups["real objects"] = [r for r in mine if r["dataset"] != PHANTOM_DATASET]
+        groups["real objects"] = [r for r in mine if r["dataset"] not in GENERATED_DATASETS]
         table[method] = {
             name: {"n": len(g), "dice": round(float(np.mean([r["dice"] for r in g])), 4),
                    "hd95_mm": round(float(np.mean([r["hd95_mm"] for r in g if math.isfinite(r["hd95_mm"])] or [math.inf])), 2)}

@@ -28,6 +28,8 @@ from ..training.sources import SourceVolume, manifest_entries, objects_from_labe
 AXIS = 0
 MIN_HEADLINE_SLICES = 5
 PHANTOM_DATASET = "phantom"
+SYNTHETIC_DATASET = "synthetic"  # evaluation/synthetic.py
+GENERATED_DATASETS = (PHANTOM_DATASET, SYNTHETIC_DATASET)  # never pooled with the real objects
 PHANTOM_FIRST_SEED = 900_000  # apart from the seeds training draws (training/train.py)
 JITTER_SCALE = (1.0, 1.25)
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .objects import GENERATED_DATASETS
 from .orientations import orientation_markdown
 from .robustness import DEFAULT
 
@@ -57,7 +58,7 @@ def _q(values: list[float], q: float) -> str:
 
 
 def report_markdown(rows: list[dict]) -> str:
-    used = [r for r in rows if r["setting"] == DEFAULT and r["dataset"] != "phantom"]
+    used = [r for r in rows if r["setting"] == DEFAULT and r["dataset"] not in GENERATED_DATASETS]
     if not used:
         return ""
     labels = list(dict.fromkeys(r["label"] for r in used))

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..training.synthesis import load_label_maps, synthetic_source
-from .objects import EvalObject, objects_of
+from .objects import SYNTHETIC_DATASET, EvalObject, objects_of
 
-SYNTHETIC_DATASET = "synthetic"
 SYNTHETIC_FIRST_SEED = 600_000
 MAPS = ("totalseg_ct", "totalseg_ct_sm", "totalseg_mr", "mni152", "voxelmorph_t1", "infant_brain", "spine_ct_vert")
 PER_VOLUME = 2  # objects per synthetic volume, so many volumes (and styles) share the table
