@@ -189,11 +189,11 @@ def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_pa
     assert log[-2]["lr"] < 0.5 * max(r.get("lr", 0) for r in log)  # the cosine runs over the time budget
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     from propsam.config import NetworkConfig
-    from propsam.weights import load_network
+    from propsam.weights import load_network, sha256_of
 
     weights = tmp_path / "out" / "propmask.pt"
     config = NetworkConfig.from_dict(torch.load(weights, weights_only=True)["config"])
-    assert config.prompt_memory and load_network(weights, config, None) is not None
+    assert config.prompt_memory and load_network(weights, config, sha256_of(weights)) is not None
     assert "SimpleITK" not in result.stdout + result.stderr
 
 

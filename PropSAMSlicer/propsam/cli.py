@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "segment-batch": ("propsam.engine.batch", "segment many objects listed in a CSV, loading the model once"),
     "info": ("propsam.engine.cli", "versions, device and models found"),
     "train": ("propsam.training.cli", "train Box2Mask or PropMask from a recipe (resumes its run folder)"),
+    "pack-data": ("propsam.training.cli", "pack the training split (+ phantoms) into one .npz for training on a lent GPU"),
     "bundle": ("propsam.training.cli", "write trained Box2Mask + PropMask weights as a model folder with manifest"),
     "export-dicom-seg": ("propsam.dicom.cli", "write a mask as DICOM-SEG referencing its DICOM series"),
     "study": ("propsam.study.cli", "interaction-time study: report, simulate"),
