@@ -106,7 +106,7 @@ def test_memory_tasks_carry_the_prompt_slice():
 
 
 def test_warm_start_from_shipped_weights_adds_only_the_memory(tmp_path):
-    weights = SHIPPED_MODELS_DIR / "lite" / "lite_propmask.pt"
+    weights = SHIPPED_MODELS_DIR / "lite_v1" / "lite_propmask.pt"  # v1: no memory
     if not weights.exists():
         pytest.skip("shipped weights missing")
     trainer = Trainer(tiny_config(tmp_path / "w", steps=1, network_overrides={"prompt_memory": True}, init_from=str(weights)))

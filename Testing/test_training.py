@@ -114,3 +114,16 @@ def test_bundle_from_trained_runs_loads_in_the_engine(tmp_path):
     assert table["phantom"]["n"] == 1 and table["cord"]["dice"] == 0.9
     assert main(["bundle", "--name", "tiny", "--box2mask", str(tmp_path / "bm" / "box2mask.pt"), "--propmask",
                  str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(out), "--evaluation", str(tmp_path / "no.csv"), "--force"]) == 2
+
+
+def test_bundle_reads_steps_from_the_log_when_no_checkpoint_came_back(tmp_path):
+    """A lent GPU returns weights and logs only; the manifest still says how far they were trained."""
+    from propsam.training.bundle import _run_summary
+
+    Trainer(tiny_config(tmp_path / "pm", steps=2)).run()
+    weights = tmp_path / "back" / "propmask.pt"
+    weights.parent.mkdir()
+    weights.write_bytes((tmp_path / "pm" / "propmask.pt").read_bytes())
+    assert _run_summary(weights) == {}
+    (tmp_path / "back" / "propmask.log").write_text("warming up\n" + (tmp_path / "pm" / "log.jsonl").read_text())
+    assert _run_summary(weights) == {"steps_done": 2, "tasks_seen": 2, "from_log": "propmask.log"}

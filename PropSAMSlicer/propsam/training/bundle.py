@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ def _run_summary(weights: Path) -> dict:
     """What the run folder's checkpoint says about how these weights were trained."""
     checkpoint = weights.parent / CHECKPOINT_FILENAME
     if not checkpoint.exists():
-        return {}
+        return _log_summary(weights)
     state = load_checkpoint(checkpoint)
     cfg = state.get("train_config", {})
     keep = ("steps", "batch_size", "adjacent", "lr", "lr_min", "weight_decay", "seed", "phantom_pool", "network_overrides")
@@ -31,6 +32,25 @@ def _run_summary(weights: Path) -> dict:
                 "recipe": {k: cfg[k] for k in keep if k in cfg}}
     except (KeyError, TypeError, ValueError):
         raise WeightsError(f"checkpoint {checkpoint} lacks the step count of its run") from None
+
+
+def _log_summary(weights: Path) -> dict:
+    """Without a checkpoint (a lent GPU's run returns weights and logs only): the training log's
+    last step, `NETWORK.log` or `log.jsonl` beside the weights."""
+    for name in (f"{weights.stem}.log", "log.jsonl"):
+        path = weights.parent / name
+        if path.is_file():
+            steps = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and "tasks_seen" in record:
+                    steps.append(record)
+            if steps:
+                return {"steps_done": int(steps[-1]["step"]), "tasks_seen": int(steps[-1]["tasks_seen"]), "from_log": name}
+    return {}
 
 
 def _network_config(network: str, source: Path) -> NetworkConfig:
