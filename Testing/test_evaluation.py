@@ -438,3 +438,14 @@ def test_merged_runs_of_one_model_under_two_tta_settings_stay_apart():
             {"model": "-", "tta": "", "method": "copy"}]
     assert [r["label"] for r in labelled(rows)] == ["lite tta1x1/propsam-mask", "lite tta8x8/propsam-mask", "copy"]
     assert [r["label"] for r in labelled(rows[:1] + rows[2:])] == ["propsam-mask", "copy"]
+
+
+def test_paired_differences_compare_models_on_the_same_objects():
+    from propsam.evaluation.report import paired_differences
+
+    rows = [{"model": m, "method": "propsam-mask", "dataset": "d", "volume": "v", "object": f"o{i}", "dice": d}
+            for i in range(20) for m, d in (("new", 0.8 + 0.001 * i), ("old", 0.7 + 0.001 * i))]
+    rows.append({"model": "new", "method": "propsam-mask", "dataset": "d", "volume": "v", "object": "only-new", "dice": 0.0})
+    table = "\n".join(paired_differences(rows))
+    assert "| propsam-mask | new − old | 20 | 0.100 [0.100, 0.100] |" in table  # unpaired objects left out
+    assert paired_differences([r for r in rows if r["model"] == "new"]) == []

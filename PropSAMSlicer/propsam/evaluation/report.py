@@ -85,5 +85,25 @@ def report_markdown(rows: list[dict]) -> str:
     out += _grouped_table(used, labels, "Dice per kind (failure-mode group: touching = similar-intensity neighbours, "
                           "nested = the box also frames another structure, thin, lesion, organ)",
                           lambda r: r["kind"] or "?", kinds)
+    out += paired_differences(used)
     orient = orientation_markdown(rows)
     return "\n".join(out) + ("\n" + orient if orient else "")
+
+
+def paired_differences(used: list[dict]) -> list[str]:
+    """Model against model, same method, same objects: mean Dice difference with a bootstrap 95 %
+    interval over the objects both ran (an interval that excludes 0 is a difference the sample shows)."""
+    models = list(dict.fromkeys(r.get("model", "-") for r in used if r.get("model", "-") not in ("-", "")))
+    if len(models) < 2:
+        return []
+    out = ["", "#### Paired Dice differences between models (same objects)", "", "| method | difference | n | mean [95 % interval] |",
+           "|---|---|---:|---|"]
+    by_key = {(r["model"], r["method"], r["dataset"], r["volume"], r["object"]): r["dice"] for r in used if r.get("model")}
+    for method in dict.fromkeys(r["method"] for r in used if r.get("model", "-") not in ("-", "")):
+        for i, a in enumerate(models):
+            for b in models[i + 1 :]:
+                diffs = [d - by_key[(b, *k[1:])] for k, d in by_key.items()
+                         if k[0] == a and k[1] == method and (b, *k[1:]) in by_key]
+                if diffs:
+                    out.append(f"| {method} | {a} − {b} | {len(diffs)} | {mean_ci(diffs)} |")
+    return out
