@@ -58,3 +58,18 @@ def test_demo_writes_mask_preview_and_a_sensible_result(tmp_path, capsys):
     assert (tmp_path / "sample_preview.png").read_bytes()[:4] == b"\x89PNG"
     score = float(out.rsplit("Dice against the phantom's truth:", 1)[1].split()[0])
     assert score > 0.7, out
+
+
+def test_v1_stays_loadable_and_its_manifest_matches_its_results():
+    manifest = read_manifest(SHIPPED_MODELS_DIR / "lite_v1" / "manifest.json")
+    assert manifest["name"] == "lite_v1" and not manifest["config"]["propmask"].get("prompt_memory")
+    results = SHIPPED_MODELS_DIR.parents[2] / manifest["evaluation"]["results"]
+    assert manifest["evaluation"]["headline_means"] == headline_means(read_results(results))
+    assert load_bundle("lite_v1")[0].name == "lite_v1"
+
+
+def test_shipped_v2_records_its_warm_start_and_memory():
+    manifest = read_manifest(SHIPPED_MODELS_DIR / "lite" / "manifest.json")
+    assert manifest["config"]["propmask"]["prompt_memory"]
+    assert manifest["warm_start"]["model"] == "lite_v1"
+    assert manifest["training"]["propmask"]["tasks_seen"] + manifest["warm_start"]["training"]["propmask"]["tasks_seen"] > 100_000

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     b.add_argument("--out-dir", required=True, help="e.g. PropSAMSlicer/Resources/Models/lite")
     b.add_argument("--data-list", default="PropSAMSlicer/propsam/training/data_manifest.json",
                    help="recorded in the manifest as the training data list")
+    b.add_argument("--warm-start-from", metavar="MODEL",
+                   help="the model these weights were warm-started from (e.g. lite_v1): its training record is kept")
     b.add_argument("--evaluation", help="results.csv of `propsam evaluate` on these weights: its headline table "
                                         "(mean Dice and HD95 per method and dataset) goes into the manifest")
     b.add_argument("--force", action="store_true", help="replace an existing bundle in --out-dir")
@@ -79,6 +81,11 @@ def run_bundle(args) -> int:
     from .bundle import make_bundle
 
     extra = {"training_data": {"manifest": args.data_list, "split": "train", "phantoms": "procedural, seeded"}}
+    if args.warm_start_from:
+        from ..weights import read_manifest, resolve_model
+
+        base = read_manifest(resolve_model(args.warm_start_from))
+        extra["warm_start"] = {"model": args.warm_start_from, "training": base.get("training", {})}
     if args.evaluation:
         from ..evaluation.harness import headline_means, read_results
 
