@@ -378,8 +378,8 @@ def test_any_list_of_objects_and_several_models_in_one_run(segmenter, tmp_path):
     from propsam.evaluation.objects import make_object
 
     volume, truth = sphere_volume(shape=(30, 48, 48), spacing=(1.0, 1.0, 2.0), radius_mm=10)
-    objects = [make_object("synthetic", "s1", "ball", volume, truth, "MR", "organ"),
-               make_object("synthetic", "s2", "ball", volume, truth, "CT", "lesion")]
+    objects = [make_object("testset", "s1", "ball", volume, truth, "MR", "organ"),
+               make_object("testset", "s2", "ball", volume, truth, "CT", "lesion")]
     models = [Model("a", segmenter), Model("b", segmenter, OFF)]
     rows = run_evaluation(objects, models, tmp_path, ("propsam-box", "copy"))
     assert sorted((r["model"], r["method"]) for r in rows if r["volume"] == "s1") == [

@@ -17,8 +17,6 @@ The prompt is the tight box on the largest slice (evaluation/objects.py), as in 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
 import time
@@ -34,6 +32,7 @@ from ..engine.propagation import PropagationStats
 from ..engine.segmenter import SegmentResult
 from ..errors import InputError
 from ..io.atomic import atomic_path
+from .harness import csv_text
 from .metrics import dice
 from .objects import PHANTOM_DATASET, EvalObject
 
@@ -172,15 +171,6 @@ def markdown_table(rows: list[dict], budget: int) -> str:
     out += ["", "first fix named: the first slice the simulated user corrected was within one slice of one of the "
             "engine's 3 least confident slices."]
     return "\n".join(out) + "\n"
-
-
-def csv_text(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buffer.getvalue()
 
 
 def run_corrections(objects: Iterable[EvalObject], segmenter, out_dir: Path, budget: int, modalities: dict,
