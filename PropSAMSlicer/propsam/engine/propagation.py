@@ -94,6 +94,8 @@ def propagate(
     radius_mm = math.sqrt(guide_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
     expected_half = max(window, math.ceil(1.2 * radius_mm / spacing_prc[0]))
 
+    # the prompt slice, shown to a PropMask built with a memory in every round
+    memory = (volume[guide_index], guide_mask) if options.prompt_memory and getattr(net, "memory_attention", None) else None
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     sides = [_Side(+1, guide_index, guide_mask), _Side(-1, guide_index, guide_mask)]
@@ -115,7 +117,6 @@ def propagate(
             batch.append((side, targets))
         if not batch:
             break
-        memory = (volume[guide_index], guide_mask) if options.prompt_memory and getattr(net, "memory_attention", None) else None
         probs, presence, rois = _predict_round(net, size, volume, batch, spacing_rc, options.context, lo, hi, window, device,
                                                orientations, memory)
         stats.rounds += 1

@@ -175,13 +175,12 @@ def synthetic_source(maps: list[LabelMap], seed: int, weight: float = 1.0) -> So
     labels, image = _crop_around_label(lm, rng)
     if image is not None and rng.random() < 0.25:  # lesions planted in the real image
         image, labels = plant_lesions(image.astype(np.float32), lm.spacing_zyx, rng)
-        spacing, style, objects = lm.spacing_zyx, "lesion", None
+        spacing, style = lm.spacing_zyx, "lesion"
+        objects = anatomy_objects(labels, rng, unions=0)  # a chain's lesions stay apart: its split is the truth
     else:
         style = str(rng.choice(STYLES))
         image, labels, spacing = synthesize_image(labels.astype(np.int32), lm.spacing_zyx, style, rng)
         objects = anatomy_objects(labels, rng)
-    if objects is None:
-        objects = anatomy_objects(labels, rng, unions=0)
     modality = {"ct": "CT", "mr": "MR", "pet": "PET", "lesion": "MR"}[style]
     return SourceVolume(id=f"synth_{seed}", image=image, spacing_zyx=tuple(float(s) for s in spacing), modality=modality,
                         weight=weight, objects=objects, truth="exact")
