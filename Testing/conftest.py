@@ -31,3 +31,14 @@ def random_model(tmp_path_factory):
     from propsam.training.bundle import random_bundle
 
     return random_bundle(tmp_path_factory.mktemp("random_model"))
+
+
+@pytest.fixture
+def sphere_file(tmp_path):
+    """A 24x40x40 sphere phantom (2 mm slices) written as NRRD: (path, Volume, truth)."""
+    from phantom_volumes import sphere_volume, write_volume
+
+    volume, truth = sphere_volume(shape=(24, 40, 40), spacing=(1.0, 1.0, 2.0), radius_mm=10)
+    path = tmp_path / "sphere.nrrd"
+    write_volume(volume, path)
+    return path, volume, truth

@@ -8,14 +8,6 @@ from phantom_volumes import oblique_direction, sphere_volume, write_volume
 from propsam.cli import main
 
 
-@pytest.fixture
-def sphere_file(tmp_path):
-    volume, truth = sphere_volume(shape=(24, 40, 40), spacing=(1.0, 1.0, 2.0), radius_mm=10)
-    path = tmp_path / "sphere.nrrd"
-    write_volume(volume, path)
-    return path, volume, truth
-
-
 def run(args, capsys):
     code = main([str(a) for a in args])
     captured = capsys.readouterr()

@@ -33,14 +33,6 @@ LIDC = ("lidc-idri-subsets", "LIDC-IDRI-0003")
 CT3 = ("dcmqi-ct3slice", "ct-3slice")
 
 
-@pytest.fixture
-def sphere(tmp_path):
-    volume, truth = sphere_volume(shape=(24, 40, 40), spacing=(1.0, 1.0, 2.0), radius_mm=10)
-    path = tmp_path / "sphere.nrrd"
-    write_volume(volume, path)
-    return path, volume, truth
-
-
 def prompt_file(volume, truth, path):
     k = int(truth.sum((1, 2)).argmax())
     prompt = np.zeros_like(truth)
@@ -82,8 +74,8 @@ def one_error_line(text: str) -> bool:
 
 
 @pytest.mark.parametrize("out_name, fsize", [("m.nii", 20_000), ("m.nii.gz", 200)])
-def test_item1_full_disk_mask_write_exits_2_and_leaves_nothing(random_model, sphere, tmp_path, out_name, fsize):
-    path, volume, truth = sphere
+def test_item1_full_disk_mask_write_exits_2_and_leaves_nothing(random_model, sphere_file, tmp_path, out_name, fsize):
+    path, volume, truth = sphere_file
     prompt = prompt_file(volume, truth, tmp_path / "p.nrrd")
     result = run_subprocess(["segment", "--image", path, "--out", out_name, "--model", random_model.parent,
                              "--mask-prompt", prompt, "--quiet"], tmp_path, fsize=fsize)
@@ -92,8 +84,8 @@ def test_item1_full_disk_mask_write_exits_2_and_leaves_nothing(random_model, sph
     assert leftovers(tmp_path, {"sphere.nrrd", "p.nrrd"}) == []
 
 
-def test_item1_16_full_disk_during_png_leaves_neither_png_nor_mask(random_model, sphere, tmp_path):
-    path, volume, truth = sphere
+def test_item1_16_full_disk_during_png_leaves_neither_png_nor_mask(random_model, sphere_file, tmp_path):
+    path, volume, truth = sphere_file
     prompt = prompt_file(volume, truth, tmp_path / "p.nrrd")
     result = run_subprocess(["segment", "--image", path, "--out", "m.nrrd", "--png", "m.png", "--model",
                              random_model.parent, "--mask-prompt", prompt, "--quiet"], tmp_path, fsize=6_000)
@@ -112,9 +104,9 @@ def test_item1_16_full_disk_during_dicom_seg_export(tmp_path):
     assert leftovers(tmp_path, set()) == []
 
 
-def test_item1_silently_truncated_write_is_caught_by_the_read_back(sphere, tmp_path, monkeypatch):
+def test_item1_silently_truncated_write_is_caught_by_the_read_back(sphere_file, tmp_path, monkeypatch):
     """ITK's NIfTI writer does not report a short write: the read-back check must."""
-    _, volume, truth = sphere
+    _, volume, truth = sphere_file
     real_write = sitk.WriteImage
 
     def short_write(image, name, *args, **kwargs):
@@ -153,8 +145,8 @@ def truncated_copy(source: Path, target: Path, fraction: float = 0.6) -> Path:
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
-def test_item2_truncated_nifti_image_is_refused(random_model, sphere, tmp_path, capsys, suffix):
-    _, volume, _ = sphere
+def test_item2_truncated_nifti_image_is_refused(random_model, sphere_file, tmp_path, capsys, suffix):
+    _, volume, _ = sphere_file
     whole = tmp_path / f"whole{suffix}"
     write_volume(volume, whole)
     image = truncated_copy(whole, tmp_path / f"cut{suffix}")
@@ -164,8 +156,8 @@ def test_item2_truncated_nifti_image_is_refused(random_model, sphere, tmp_path, 
     assert not (tmp_path / "m.nrrd").exists()
 
 
-def test_item2_truncated_mask_prompt_is_refused(random_model, sphere, tmp_path, capsys):
-    path, volume, truth = sphere
+def test_item2_truncated_mask_prompt_is_refused(random_model, sphere_file, tmp_path, capsys):
+    path, volume, truth = sphere_file
     prompt = truncated_copy(prompt_file(volume, truth, tmp_path / "p.nii"), tmp_path / "cut.nii", 0.5)
     code, text = run(["segment", "--image", path, "--out", tmp_path / "m.nrrd", "--model", random_model.parent,
                       "--mask-prompt", prompt], capsys)
@@ -233,8 +225,8 @@ def test_item4_missing_slice_is_refused_by_segment_and_export(random_model, seri
 # --- 5, 6: outputs never replace each other or an input ----------------------------------------------
 
 
-def test_item5_png_equal_to_out_is_refused_before_work(random_model, sphere, tmp_path, capsys):
-    path, volume, truth = sphere
+def test_item5_png_equal_to_out_is_refused_before_work(random_model, sphere_file, tmp_path, capsys):
+    path, volume, truth = sphere_file
     out = tmp_path / "m.nrrd"
     code, text = run(["segment", "--image", path, "--out", out, "--png", out, "--model", random_model.parent] + BOX,
                      capsys)
@@ -247,8 +239,8 @@ def test_item5_png_equal_to_out_is_refused_before_work(random_model, sphere, tmp
                       force=True)
 
 
-def test_item6_force_never_overwrites_an_input(random_model, sphere, tmp_path, capsys):
-    path, volume, truth = sphere
+def test_item6_force_never_overwrites_an_input(random_model, sphere_file, tmp_path, capsys):
+    path, volume, truth = sphere_file
     before = path.read_bytes()
     code, text = run(["segment", "--image", path, "--out", path, "--force", "--model", random_model.parent] + BOX,
                      capsys)
@@ -302,10 +294,10 @@ def test_item7_nrrd_and_mha_are_exact_nifti_within_float32_and_said_so(random_mo
 # --- 8: two runs writing one output --------------------------------------------------------------------
 
 
-def test_item8_output_created_meanwhile_is_kept_and_the_run_fails(random_model, sphere, tmp_path, capsys, monkeypatch):
+def test_item8_output_created_meanwhile_is_kept_and_the_run_fails(random_model, sphere_file, tmp_path, capsys, monkeypatch):
     from propsam.engine.segmenter import Segmenter
 
-    path, volume, truth = sphere
+    path, volume, truth = sphere_file
     out = tmp_path / "m.nrrd"
     real_segment = Segmenter.segment
 
@@ -337,8 +329,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_item11_sigterm_during_the_write_leaves_no_temporary_file(random_model, sphere, tmp_path):
-    path, volume, truth = sphere
+def test_item11_sigterm_during_the_write_leaves_no_temporary_file(random_model, sphere_file, tmp_path):
+    path, volume, truth = sphere_file
     prompt = prompt_file(volume, truth, tmp_path / "p.nrrd")
     env = dict(os.environ, PYTHONPATH=str(PACKAGE), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, "segment", "--image", str(path), "--out", "m.nii.gz",
@@ -359,8 +351,8 @@ def test_item11_sigterm_during_the_write_leaves_no_temporary_file(random_model, 
 
 
 @pytest.mark.parametrize("name", ["m.nhdr", "m.mhd"])
-def test_item11_detached_header_outputs_are_refused(random_model, sphere, tmp_path, capsys, name):
-    code, text = run(["segment", "--image", sphere[0], "--out", tmp_path / name, "--model", random_model.parent] + BOX,
+def test_item11_detached_header_outputs_are_refused(random_model, sphere_file, tmp_path, capsys, name):
+    code, text = run(["segment", "--image", sphere_file[0], "--out", tmp_path / name, "--model", random_model.parent] + BOX,
                      capsys)
     assert code == 2 and ".nrrd" in text and one_error_line(text), text
     assert leftovers(tmp_path, {"sphere.nrrd"}) == []
@@ -370,20 +362,20 @@ def test_item11_detached_header_outputs_are_refused(random_model, sphere, tmp_pa
 
 
 @pytest.mark.parametrize("prompt", [["--box", "", "--slice-index", "3"], ["--two-view-box", ""]])
-def test_item16_empty_box_is_a_one_line_error(random_model, sphere, tmp_path, capsys, prompt):
-    code, text = run(["segment", "--image", sphere[0], "--out", tmp_path / "m.nrrd", "--model", random_model.parent]
+def test_item16_empty_box_is_a_one_line_error(random_model, sphere_file, tmp_path, capsys, prompt):
+    code, text = run(["segment", "--image", sphere_file[0], "--out", tmp_path / "m.nrrd", "--model", random_model.parent]
                      + prompt, capsys)
     assert code == 2 and "comma-separated integers" in text and one_error_line(text), text
 
 
-def test_item16_memory_error_is_a_one_line_error(random_model, sphere, tmp_path, capsys, monkeypatch):
+def test_item16_memory_error_is_a_one_line_error(random_model, sphere_file, tmp_path, capsys, monkeypatch):
     from propsam.engine.segmenter import Segmenter
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError
 
     monkeypatch.setattr(Segmenter, "segment", out_of_memory)
-    path, volume, truth = sphere
+    path, volume, truth = sphere_file
     code, text = run(["segment", "--image", path, "--out", tmp_path / "m.nrrd", "--model", random_model.parent,
                       "--mask-prompt", prompt_file(volume, truth, tmp_path / "p.nrrd")], capsys)
     assert code == 2 and "out of memory" in text and one_error_line(text), text
@@ -426,22 +418,22 @@ def no_engine(monkeypatch):
     monkeypatch.setattr(Segmenter, "load", refuse)
 
 
-def test_item17_bad_extension_fails_before_any_work(no_engine, random_model, sphere, tmp_path, capsys):
-    code, text = run(["segment", "--image", sphere[0], "--out", tmp_path / "m.txt", "--model", random_model.parent] + BOX,
+def test_item17_bad_extension_fails_before_any_work(no_engine, random_model, sphere_file, tmp_path, capsys):
+    code, text = run(["segment", "--image", sphere_file[0], "--out", tmp_path / "m.txt", "--model", random_model.parent] + BOX,
                      capsys)
     assert code == 2 and "must end with" in text, text
-    code, text = run(["segment", "--image", sphere[0], "--out", tmp_path / "m.nrrd", "--png", tmp_path / "m.jpg",
+    code, text = run(["segment", "--image", sphere_file[0], "--out", tmp_path / "m.nrrd", "--png", tmp_path / "m.jpg",
                       "--model", random_model.parent] + BOX, capsys)
     assert code == 2 and "must end with .png" in text, text
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder; needs a normal user")
-def test_item17_read_only_folder_fails_before_any_work(no_engine, random_model, sphere, tmp_path, capsys):
+def test_item17_read_only_folder_fails_before_any_work(no_engine, random_model, sphere_file, tmp_path, capsys):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        code, text = run(["segment", "--image", sphere[0], "--out", folder / "m.nrrd", "--model",
+        code, text = run(["segment", "--image", sphere_file[0], "--out", folder / "m.nrrd", "--model",
                           random_model.parent] + BOX, capsys)
     finally:
         folder.chmod(0o755)
@@ -472,19 +464,19 @@ def test_item17_study_report_png_suffix_is_checked_before_printing(tmp_path, cap
 # --- 18: messages ---------------------------------------------------------------------------------------
 
 
-def test_item18_empty_paths_and_folders_have_clear_messages(random_model, sphere, tmp_path, capsys):
+def test_item18_empty_paths_and_folders_have_clear_messages(random_model, sphere_file, tmp_path, capsys):
     base = ["--model", random_model.parent] + BOX
     code, text = run(["segment", "--image", "", "--out", tmp_path / "m.nrrd"] + base, capsys)
     assert code == 2 and "image path is empty" in text, text
-    code, text = run(["segment", "--image", sphere[0], "--out", ""] + base, capsys)
+    code, text = run(["segment", "--image", sphere_file[0], "--out", ""] + base, capsys)
     assert code == 2 and "--out path is empty" in text, text
     (tmp_path / "folder").mkdir()
-    code, text = run(["segment", "--image", sphere[0], "--out", tmp_path / "m.nrrd", "--model", random_model.parent,
+    code, text = run(["segment", "--image", sphere_file[0], "--out", tmp_path / "m.nrrd", "--model", random_model.parent,
                       "--mask-prompt", tmp_path / "folder"], capsys)
     assert code == 2 and "is a folder" in text, text
 
 
-def test_item18_error_after_progress_starts_on_its_own_line_without_warnings(random_model, sphere, tmp_path, capsys,
+def test_item18_error_after_progress_starts_on_its_own_line_without_warnings(random_model, sphere_file, tmp_path, capsys,
                                                                                  monkeypatch):
     from propsam.engine.segmenter import Segmenter
 
@@ -494,7 +486,7 @@ def test_item18_error_after_progress_starts_on_its_own_line_without_warnings(ran
         raise InputError("something specific")
 
     monkeypatch.setattr(Segmenter, "segment", progress_then_fail)
-    path, volume, truth = sphere
+    path, volume, truth = sphere_file
     main(["segment", "--image", str(path), "--out", str(tmp_path / "m.nrrd"), "--model", str(random_model.parent),
           "--mask-prompt", str(prompt_file(volume, truth, tmp_path / "p.nrrd"))])
     err = capsys.readouterr().err
@@ -557,9 +549,9 @@ def test_item22_omp_num_threads_and_load_set_the_default(monkeypatch):
     assert device.default_threads() == 1
 
 
-def test_item22_segment_honours_threads_flag_and_omp_num_threads(random_model, sphere, tmp_path, capsys,
+def test_item22_segment_honours_threads_flag_and_omp_num_threads(random_model, sphere_file, tmp_path, capsys,
                                                                   monkeypatch, torch_threads):
-    path, volume, truth = sphere
+    path, volume, truth = sphere_file
     prompt = prompt_file(volume, truth, tmp_path / "p.nrrd")
     torch_threads.set_num_threads(2)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -574,8 +566,8 @@ def test_item22_segment_honours_threads_flag_and_omp_num_threads(random_model, s
 # --- 23: batch mode --------------------------------------------------------------------------------------
 
 
-def test_item23_segment_batch_rows_status_summary_and_rules(random_model, sphere, tmp_path, capsys):
-    path, volume, truth = sphere
+def test_item23_segment_batch_rows_status_summary_and_rules(random_model, sphere_file, tmp_path, capsys):
+    path, volume, truth = sphere_file
     prompt_file(volume, truth, tmp_path / "p.nrrd")
     (tmp_path / "kept.nrrd").write_bytes(b"keep me")
     (tmp_path / "prompts.csv").write_text(
@@ -607,7 +599,7 @@ def test_item23_segment_batch_rows_status_summary_and_rules(random_model, sphere
                                 "single.nrrd"}) == []
 
 
-def test_item23_segment_batch_refuses_a_bad_csv_and_duplicate_outputs(random_model, sphere, tmp_path, capsys):
+def test_item23_segment_batch_refuses_a_bad_csv_and_duplicate_outputs(random_model, sphere_file, tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("image,output\nsphere.nrrd,a.nrrd\n")
     code, text = run(["segment-batch", tmp_path / "bad.csv", "--model", random_model.parent], capsys)
     assert code == 2 and "unknown column" in text and one_error_line(text), text

@@ -81,18 +81,11 @@ def test_train_checkpoint_loads_with_weights_only(tmp_path):
     assert state["step"] == 1 and state["optimizer"]["state"]
 
 
-def test_bundle_refuses_a_planted_checkpoint_beside_the_weights(random_model, tmp_path):
+@pytest.mark.parametrize("planted", ["checkpoint.pt", "propmask.pt"])  # beside the weights, or the weights
+def test_bundle_refuses_planted_files(random_model, tmp_path, planted):
     source, marker = tmp_path / "run", tmp_path / "pwned"
     shutil.copytree(random_model.parent, source)
-    plant(source / "checkpoint.pt", marker)
-    assert main(bundle_args(source, tmp_path / "out")) == 2
-    assert not marker.exists() and not (tmp_path / "out").exists()
-
-
-def test_bundle_refuses_planted_weights(random_model, tmp_path):
-    source, marker = tmp_path / "run", tmp_path / "pwned"
-    shutil.copytree(random_model.parent, source)
-    plant(source / "propmask.pt", marker)
+    plant(source / planted, marker)
     assert main(bundle_args(source, tmp_path / "out")) == 2
     assert not marker.exists() and not (tmp_path / "out").exists()
 

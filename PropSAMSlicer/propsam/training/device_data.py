@@ -170,8 +170,11 @@ def brightness_contrast(x: torch.Tensor, gen) -> torch.Tensor:
     return ((x - 0.5) * gain.view(view) + 0.5 + shift.view(view)).clamp(0, 1)
 
 
-def _orientation(gen, n, device, free_angle: bool):
-    """tasks._augmentation: one of the 8 in-plane orientations (+ a free angle for PropMask)."""
+def _orientation(gen, n, device, free_angle: bool, augment: bool = True):
+    """tasks._augmentation: one of the 8 in-plane orientations (+ a free angle for PropMask);
+    without augmentation, the stored orientation (no random draw)."""
+    if not augment:
+        return torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device)
     flip = torch.rand(n, generator=gen, device=device) < 0.5
     angle = 90.0 * torch.randint(4, (n,), generator=gen, device=device).float()
     if free_angle:
@@ -262,10 +265,7 @@ def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
     half_c = (half_mm / sp_c).clamp(min=MIN_HALF_EXTENT_PX)
     centre_r = (box[:, 0] + box[:, 2]) / 2 + _uniform(gen, n, -0.1, 0.1, device) * half_r
     centre_c = (box[:, 1] + box[:, 3]) / 2 + _uniform(gen, n, -0.1, 0.1, device) * half_c
-    if opt.augment:
-        angle, flip = _orientation(gen, n, device, free_angle=True)
-    else:
-        angle, flip = torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device)
+    angle, flip = _orientation(gen, n, device, free_angle=True, augment=opt.augment)
     rows, cols = roi_points(centre_r, centre_c, half_r, half_c, opt.image_size, angle, flip)
     planes = sample_planes(atlas, obj, axis, slices, rows, cols)
     y = (planes.mask() > 0.5).float()
@@ -298,10 +298,7 @@ def sample_box2mask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
     half_c = ((box[:, 3] - box[:, 1] + 1) / 2 * scale).clamp(min=MIN_HALF_EXTENT_PX / 2)
     centre_r = (box[:, 0] + box[:, 2]) / 2 + _uniform(gen, n, -0.05, 0.05, device) * half_r
     centre_c = (box[:, 1] + box[:, 3]) / 2 + _uniform(gen, n, -0.05, 0.05, device) * half_c
-    if opt.augment:
-        angle, flip = _orientation(gen, n, device, free_angle=False)
-    else:
-        angle, flip = torch.zeros(n, device=device), torch.zeros(n, dtype=torch.bool, device=device)
+    angle, flip = _orientation(gen, n, device, free_angle=False, augment=opt.augment)
     rows, cols = roi_points(centre_r, centre_c, half_r, half_c, opt.image_size, angle, flip)
     planes = sample_planes(atlas, obj, axis, index[:, None], rows, cols)
     y = (planes.mask() > 0.5).float()

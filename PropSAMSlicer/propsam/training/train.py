@@ -126,7 +126,7 @@ class Trainer:
         self.synth = SynthPool(maps, cfg.synth_pool, first_seed=5_000_000 * (self.rank + 1), weight=cfg.synth_weight,
                                state=self.synth_state)
         self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
-                                   memory=getattr(self.net_config, "prompt_memory", False), perturb_guide=cfg.perturb_guide)
+                                   memory=self.net_config.prompt_memory, perturb_guide=cfg.perturb_guide)
         self.device_sampler = None
         if on_device:
             from .device_data import DeviceSampler
