@@ -198,7 +198,7 @@ def _correct_canonical(segmenter, array, spacing_xyz, axis, current, prompt_inde
 
     def run(guide_index, guide, opts, limits):
         mask, run_stats = propagate(net, size, moved, spacing, guide_index, guide, device, opts, bounds=limits,
-                                    progress=progress, cancel=cancel, reference=reference)
+                                    progress=progress, cancel=cancel, reference=reference, orientations=options.tta.propmask)
         for t in range(depth):
             if beyond(t, guide_index):
                 out[t] = mask[t]
@@ -217,7 +217,8 @@ def _correct_canonical(segmenter, array, spacing_xyz, axis, current, prompt_inde
             if cancel is not None:
                 cancel.raise_if_cancelled()
             guide = box_to_mask(segmenter.box2mask, np.asarray(moved[k], np.float32), correction.box,
-                                segmenter.config.box2mask.image_size, device, options.window_search, options.box_scale)
+                                segmenter.config.box2mask.image_size, device, options.window_search, options.box_scale,
+                                options.tta.box2mask)
         else:
             guide = np.asarray(correction.mask) > 0
         out[k] = guide
