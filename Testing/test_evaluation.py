@@ -440,6 +440,22 @@ def test_merged_runs_of_one_model_under_two_tta_settings_stay_apart():
     assert [r["label"] for r in labelled(rows[:1] + rows[2:])] == ["propsam-mask", "copy"]
 
 
+def test_interval_over_subjects_resamples_whole_subjects():
+    from propsam.evaluation.report import bootstrap_ci, subject_interval
+
+    values = np.linspace(0.5, 0.9, 30)
+    one_each = [f"s{i:02d}" for i in range(30)]
+    assert bootstrap_ci(values, clusters=one_each) == bootstrap_ci(values)  # a subject per object: the same draws
+    # one patient with 20 near-identical lesions, 4 other subjects with one object each
+    values = np.r_[np.full(20, 0.9) + np.linspace(0, 0.01, 20), [0.3, 0.5, 0.6, 0.4]]
+    subjects = ["p1"] * 20 + ["a", "b", "c", "d"]
+    lo_obj, hi_obj = bootstrap_ci(values)
+    lo_sub, hi_sub = bootstrap_ci(values, clusters=subjects)
+    assert hi_sub - lo_sub > 2 * (hi_obj - lo_obj)  # 5 independent draws, not 24
+    rows = [{"subject": s, "volume": "v"} for s in subjects]
+    assert subject_interval(values, rows).endswith("(5)")
+
+
 def test_paired_differences_compare_models_on_the_same_objects():
     from propsam.evaluation.report import paired_differences
 

@@ -25,7 +25,9 @@ def add_engine_options(p) -> None:
     p.add_argument("--thickness-mm", type=float, default=20.0, help="propagation thickness per round (mm)")
     p.add_argument("--context", type=float, default=1.5, help="ROI size as a multiple of the mask's box")
     p.add_argument("--tta", default=None, help="in-plane test-time averaging, BOX2MASKxPROPMASK orientations "
-                   "(1/2/4/8; e.g. 8x8 = most invariant, slowest) or 'off' (default: the engine's, 8x1)")
+                   "(1/2/4/8; 8x8 = slowest) or 'off' (default: the engine's, 8x1); the networks see each object in "
+                   "the pose its prompt picks, so the result does not depend on the stored axes; a '-stored' "
+                   "suffix (e.g. 8x1-stored) shows them the slices as stored instead")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 

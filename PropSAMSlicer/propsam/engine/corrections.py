@@ -48,12 +48,14 @@ import numpy as np
 from ..errors import InputError
 from ..io.volume import Volume
 from .box2mask_predictor import box_to_mask
+from .content_view import content_orientation, mask_region, turn_spacing
 from .control import CancelToken, ProgressCallback
 from .orientation import canonical_flips, flip_array, flip_plane, flip_prompt
 from .prompts import AXES, AXIS_NAMES, BoxPrompt, MaskPrompt, _check_slice, plane_shape
 from .propagation import PropagationStats, propagate, window_size
 from .roi import slice_extent
 from .segmenter import SegmentOptions, SegmentResult, Segmenter, check_volume
+from .tta import ORIENTATIONS, Orientation
 
 FORMAT = "propsam-corrections"
 VERSION = 1
@@ -116,6 +118,14 @@ class Correction:
             out = replace(out, direction=-self.direction)
         return out
 
+    def turned(self, o: Orientation, plane: tuple[int, int]) -> "Correction":
+        """The same correction on slices of shape `plane` turned in-plane by `o`."""
+        if self.kind == "box":
+            return replace(self, box=o.box(tuple(self.box), plane))
+        if self.kind == "mask":
+            return replace(self, mask=o.apply(self.mask))
+        return self
+
 
 def apply_corrections(
     segmenter: Segmenter, volume: Volume, result: SegmentResult, corrections: list[Correction],
@@ -161,10 +171,22 @@ def apply_correction(
 
 def _correct_canonical(segmenter, array, spacing_xyz, axis, current, prompt_index, prompt_mask, stats: PropagationStats,
                        correction: Correction, options: SegmentOptions, progress, cancel):
-    """current (P, R, C) with the propagation axis first; returns (mask (P, R, C), prompt mask, stats)."""
+    """current (P, R, C) with the propagation axis first; returns (mask (P, R, C), prompt mask, stats).
+
+    Runs in the content view of the prompt slice and the result's prompt mask (engine/content_view.py),
+    so a correction, like the first run, does not depend on how the axes were stored."""
     moved = np.moveaxis(array, axis, 0)
     spacing_zyx = tuple(spacing_xyz[::-1])
     spacing = (spacing_zyx[axis],) + tuple(spacing_zyx[a] for a in range(3) if a != axis)
+    view = content_orientation(moved[prompt_index], mask_region(prompt_mask)) if options.tta.content_view else ORIENTATIONS[0]
+    out, prompt_mask, stats = _correct_in_view(
+        segmenter, view.apply(moved), turn_spacing(view, spacing), view.apply(current), prompt_index,
+        view.apply(prompt_mask), stats, correction.turned(view, moved.shape[1:]), options, progress, cancel)
+    return view.invert(out), view.invert(prompt_mask), stats
+
+
+def _correct_in_view(segmenter, moved, spacing, current, prompt_index, prompt_mask, stats: PropagationStats,
+                     correction: Correction, options: SegmentOptions, progress, cancel):
     depth, k, kind = moved.shape[0], correction.slice_index, correction.kind
     sides = correction.sides(prompt_index)
     net, size, device = segmenter.propmask, segmenter.config.propmask.image_size, segmenter.device

@@ -18,12 +18,13 @@ from ..errors import InputError
 from ..io.volume import Volume, check_finite
 from ..weights import load_bundle
 from .box2mask_predictor import WindowSearch, box_to_mask
+from .content_view import box_region, content_orientation, mask_region, turn_spacing
 from .control import CancelToken, ProgressCallback
 from .device import default_threads, pick_device
 from .orientation import canonical_flips, flip_array, flip_plane, flip_prompt
 from .prompts import BoxPrompt, MaskPrompt, Prompt, TwoViewBoxPrompt
 from .propagation import PropagationOptions, PropagationStats, propagate
-from .tta import TestTimeAugmentation
+from .tta import ORIENTATIONS, TestTimeAugmentation
 
 
 @dataclass(frozen=True)
@@ -102,19 +103,24 @@ class Segmenter:
         spacing_zyx = tuple(spacing_xyz[::-1])
         spacing = (spacing_zyx[axis],) + tuple(spacing_zyx[a] for a in range(3) if a != axis)
         plane = np.asarray(moved[prompt.slice_index], dtype=np.float32)
+        if not isinstance(prompt, (BoxPrompt, MaskPrompt)):
+            raise InputError(f"unknown prompt type {type(prompt).__name__}")
+        region = box_region(prompt.box) if isinstance(prompt, BoxPrompt) else mask_region(np.asarray(prompt.mask) > 0)
+        view = content_orientation(plane, region) if options.tta.content_view else ORIENTATIONS[0]
+        turned, plane = view.apply(moved), view.apply(plane)
         if isinstance(prompt, BoxPrompt):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            guide = box_to_mask(self.box2mask, plane, prompt.box, self.config.box2mask.image_size, self.device,
-                                options.window_search, options.box_scale, options.tta.box2mask)
-        elif isinstance(prompt, MaskPrompt):
-            guide = np.asarray(prompt.mask) > 0
+            guide = box_to_mask(self.box2mask, plane, view.box(prompt.box, moved.shape[1:]), self.config.box2mask.image_size,
+                                self.device, options.window_search, options.box_scale, options.tta.box2mask)
         else:
-            raise InputError(f"unknown prompt type {type(prompt).__name__}")
+            guide = view.apply(np.asarray(prompt.mask) > 0)
         mask, stats = propagate(
-            self.propmask, self.config.propmask.image_size, moved, spacing, prompt.slice_index, guide, self.device,
-            options.propagation, bounds=bounds, progress=progress, cancel=cancel, orientations=options.tta.propmask,
+            self.propmask, self.config.propmask.image_size, turned, turn_spacing(view, spacing), prompt.slice_index, guide,
+            self.device, options.propagation, bounds=bounds, progress=progress, cancel=cancel,
+            orientations=options.tta.propmask,
         )
+        mask, guide = view.invert(mask), view.invert(guide)
         mask = np.moveaxis(mask, 0, axis)
         if bounds is not None:  # the two-view box bounds the object in every direction
             box_only = np.zeros_like(mask)

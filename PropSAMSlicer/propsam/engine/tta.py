@@ -92,6 +92,9 @@ class TestTimeAugmentation:
 
     box2mask: int = 8
     propmask: int = 1
+    # turn each object into the pose its prompt's pixels pick (engine/content_view.py); off: the
+    # networks see the slices as stored (after the direction flips)
+    content_view: bool = True
 
     def __post_init__(self) -> None:
         for name in ("box2mask", "propmask"):
@@ -99,7 +102,7 @@ class TestTimeAugmentation:
                 raise ValueError(f"test-time augmentation for {name} must be one of {COUNTS}, got {getattr(self, name)}")
 
 
-OFF = TestTimeAugmentation(1, 1)
+OFF = TestTimeAugmentation(1, 1)  # no averaging (the content view stays on)
 
 
 def orientations(count: int) -> tuple[Orientation, ...]:
@@ -126,19 +129,24 @@ def mean_over(values: torch.Tensor, count: int) -> torch.Tensor:
     return values if count == 1 else torch.stack(values.chunk(count)).mean(0)
 
 
+STORED = "-stored"  # suffix of a setting without the content view
+
+
 def parse_tta(text: str) -> TestTimeAugmentation:
-    """'8x2' -> Box2Mask over 8 orientations, PropMask over 2; 'off' = '1x1' (the CLIs' --tta)."""
+    """'8x2' -> Box2Mask over 8 orientations, PropMask over 2, in the content view; 'off' = '1x1';
+    a '-stored' suffix ('8x1-stored', 'off-stored') turns the content view off (the CLIs' --tta)."""
     from ..errors import InputError
 
-    if text.strip().lower() == "off":
-        return OFF
+    spec = text.strip().lower()
+    content_view = not spec.endswith(STORED)
+    spec = spec.removesuffix(STORED)
     try:
-        box2mask, propmask = (int(v) for v in text.lower().split("x"))
-        return TestTimeAugmentation(box2mask, propmask)
+        box2mask, propmask = (1, 1) if spec == "off" else (int(v) for v in spec.split("x"))
+        return TestTimeAugmentation(box2mask, propmask, content_view)
     except ValueError:
         raise InputError(f"--tta expects BOX2MASKxPROPMASK orientation counts from {COUNTS} (e.g. 8x1) or 'off', "
-                         f"got {text!r}") from None
+                         f"optionally with '{STORED}' (no content view), got {text!r}") from None
 
 
 def tta_name(tta: TestTimeAugmentation) -> str:
-    return f"{tta.box2mask}x{tta.propmask}"
+    return f"{tta.box2mask}x{tta.propmask}" + ("" if tta.content_view else STORED)

@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", action="append",
                    help="lite, or a model folder / manifest.json; repeat to compare models in one run (default: lite)")
     p.add_argument("--tta", action="append",
-                   help="test-time averaging BOX2MASKxPROPMASK orientations (1/2/4/8) or 'off'; repeat to compare "
+                   help="test-time averaging BOX2MASKxPROPMASK orientations (1/2/4/8) or 'off', '-stored' suffix: "
+                        "without the content view (e.g. 8x1-stored); repeat to compare "
                         "(each model runs under each; default: the engine's)")
     p.add_argument("--orientations", action="store_true",
                    help="also run PropSAM under the 7 other in-plane orientations (flips/transposes); adds the spread table")

@@ -5,7 +5,9 @@ interval every run), per modality, per size class (slices along the prompt axis)
 (failure-mode group, the manifest's `kind`), end errors (absolute slices: median and 90th
 percentile at each end), prompt-slice 2D Dice and seconds per object. Rows carry "label"
 (harness.labelled). Objects of one subject are not independent (e.g. many lesions of one
-patient), so the interval over objects is narrower than one over subjects would be.
+patient), so the interval over objects is narrower than the truth; the headline and the paired
+differences also give the interval over subjects (a cluster bootstrap: whole subjects resampled,
+each with all its objects), the one to trust when a few subjects hold most of the objects.
 """
 
 from __future__ import annotations
@@ -20,19 +22,39 @@ BOOTSTRAP_SAMPLES = 2000
 SIZE_CLASSES = (("<= 6", 0, 6), ("7-30", 7, 30), ("> 30", 31, 10**9))
 
 
-def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, clusters=None) -> tuple[float, float]:
+    """95 % interval of the mean; with `clusters` (one key per value, e.g. the subject) whole
+    clusters are resampled, so values that are not independent count as one draw together."""
     values = np.asarray(values, float)
     if values.size == 0:
         return float("nan"), float("nan")
-    means = values[np.random.default_rng(seed).integers(0, values.size, (samples, values.size))].mean(1)
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        means = values[rng.integers(0, values.size, (samples, values.size))].mean(1)
+    else:
+        keys, which = np.unique(np.asarray(clusters, str), return_inverse=True)
+        sums, counts = np.bincount(which, values, len(keys)), np.bincount(which, minlength=len(keys))
+        drawn = rng.integers(0, len(keys), (samples, len(keys)))
+        means = sums[drawn].sum(1) / counts[drawn].sum(1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def mean_ci(values) -> str:
+def mean_ci(values, clusters=None) -> str:
     if not len(values):
         return "-"
-    lo, hi = bootstrap_ci(values)
+    lo, hi = bootstrap_ci(values, clusters=clusters)
     return f"{np.mean(values):.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def subject_of(row: dict) -> str:
+    return row.get("subject") or row["volume"]
+
+
+def subject_interval(values, rows: list[dict]) -> str:
+    """'[lo, hi] (k subjects)': the interval over subjects of values taken one per row."""
+    subjects = [subject_of(r) for r in rows]
+    lo, hi = bootstrap_ci(values, clusters=subjects)
+    return f"[{lo:.3f}, {hi:.3f}] ({len(set(subjects))})"
 
 
 def size_class(slices: int) -> str:
@@ -64,16 +86,18 @@ def report_markdown(rows: list[dict]) -> str:
     labels = list(dict.fromkeys(r["label"] for r in used))
     objects = {(r["dataset"], r["volume"], r["object"]) for r in used}
     out = [f"### Report: {len(objects)} real object(s), default setting",
-           "", "Dice: mean [bootstrap 95 % interval over objects, 2000 resamples]. Ends: |predicted - true| end slice "
+           "", "Dice: mean [bootstrap 95 % interval over objects, 2000 resamples]; over subjects: the interval when "
+           "whole subjects are resampled (their count in brackets). Ends: |predicted - true| end slice "
            "along the prompt axis; an empty prediction has no ends and is left out of them (see 'empty').", "",
-           "| model / method | n | Dice | empty | lower end median / p90 | upper end median / p90 | "
+           "| model / method | n | Dice | over subjects | empty | lower end median / p90 | upper end median / p90 | "
            "prompt-slice 2D Dice | s / object |",
-           "|---|---:|---|---:|---:|---:|---:|---:|"]
+           "|---|---:|---|---|---:|---:|---:|---:|---:|"]
     for label in labels:
         mine = [r for r in used if r["label"] == label]
         lower, upper = _abs_ends(mine, "over_lower"), _abs_ends(mine, "over_upper")
         out.append(
-            f"| {label} | {len(mine)} | {mean_ci([r['dice'] for r in mine])} | {sum(r['pred_first'] == '' for r in mine)} | "
+            f"| {label} | {len(mine)} | {mean_ci([r['dice'] for r in mine])} | "
+            f"{subject_interval([r['dice'] for r in mine], mine)} | {sum(r['pred_first'] == '' for r in mine)} | "
             f"{_q(lower, 50)} / {_q(lower, 90)} | {_q(upper, 50)} / {_q(upper, 90)} | "
             f"{np.mean([float(r['prompt_dice']) for r in mine]):.3f} | {np.mean([float(r['seconds']) for r in mine]):.2f} |")
     out += ["", "Prompt-slice 2D Dice is 1 by construction for mask prompts (the prompt is the guide).", ""]
@@ -96,14 +120,16 @@ def paired_differences(used: list[dict]) -> list[str]:
     models = list(dict.fromkeys(r.get("model", "-") for r in used if r.get("model", "-") not in ("-", "")))
     if len(models) < 2:
         return []
-    out = ["", "#### Paired Dice differences between models (same objects)", "", "| method | difference | n | mean [95 % interval] |",
-           "|---|---|---:|---|"]
-    by_key = {(r["model"], r["method"], r["dataset"], r["volume"], r["object"]): r["dice"] for r in used if r.get("model")}
+    out = ["", "#### Paired Dice differences between models (same objects)", "",
+           "| method | difference | n | mean [95 % interval] | over subjects |", "|---|---|---:|---|---|"]
+    by_key = {(r["model"], r["method"], r["dataset"], r["volume"], r["object"]): r for r in used if r.get("model")}
     for method in dict.fromkeys(r["method"] for r in used if r.get("model", "-") not in ("-", "")):
         for i, a in enumerate(models):
             for b in models[i + 1 :]:
-                diffs = [d - by_key[(b, *k[1:])] for k, d in by_key.items()
+                pairs = [(r, by_key[(b, *k[1:])]) for k, r in by_key.items()
                          if k[0] == a and k[1] == method and (b, *k[1:]) in by_key]
+                diffs = [ra["dice"] - rb["dice"] for ra, rb in pairs]
                 if diffs:
-                    out.append(f"| {method} | {a} − {b} | {len(diffs)} | {mean_ci(diffs)} |")
+                    out.append(f"| {method} | {a} − {b} | {len(diffs)} | {mean_ci(diffs)} | "
+                               f"{subject_interval(diffs, [ra for ra, _ in pairs])} |")
     return out
