@@ -73,3 +73,14 @@ def test_shipped_v2_records_its_warm_start_and_memory():
     assert manifest["config"]["propmask"]["prompt_memory"]
     assert manifest["warm_start"]["model"] == "lite_v1"
     assert manifest["training"]["propmask"]["tasks_seen"] + manifest["warm_start"]["training"]["propmask"]["tasks_seen"] > 100_000
+
+
+def test_shipped_weights_hold_cpu_tensors_only():
+    """Weights trained on a GPU were once written with CUDA storages: they loaded only through our
+    map_location, and a plain torch.load on a machine without CUDA failed."""
+    import torch
+
+    for folder in sorted(p for p in SHIPPED_MODELS_DIR.iterdir() if (p / "manifest.json").exists()):
+        for entry in read_manifest(folder / "manifest.json")["networks"].values():
+            payload = torch.load(folder / entry["file"], weights_only=True)  # no map_location on purpose
+            assert all(t.device.type == "cpu" for t in payload["state_dict"].values()), entry["file"]

@@ -36,7 +36,8 @@ def sha256_of(path: Path) -> str:
 
 def save_network(net: torch.nn.Module, config: NetworkConfig, path: str | os.PathLike) -> str:
     """Write fp16 weights plus their configuration atomically; return the file's sha256."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    # CPU tensors: weights written on a GPU must load on any machine, even without map_location
+    state = {k: (v.half() if v.is_floating_point() else v).detach().cpu() for k, v in net.state_dict().items()}
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "config": config.to_dict(), "state_dict": state}, buffer)
     with atomic_path(path) as tmp:
