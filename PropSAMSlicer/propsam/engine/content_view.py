@@ -24,7 +24,6 @@ import math
 
 import numpy as np
 
-from .roi import mask_bbox
 from .tta import ORIENTATIONS, Orientation
 
 
@@ -63,11 +62,7 @@ def turn_spacing(o: Orientation, spacing_prc: tuple[float, float, float]) -> tup
 
 
 def box_region(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """A prompt box (c0, r0, c1, r1) as a region (r0, c0, r1, c1)."""
+    """A prompt box (c0, r0, c1, r1) as a region (r0, c0, r1, c1), the order of roi.mask_bbox,
+    which gives a prompt mask's region."""
     c0, r0, c1, r1 = box
     return r0, c0, r1, c1
-
-
-def mask_region(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """The bounding box of a 2D prompt mask as a region."""
-    return mask_bbox(mask)

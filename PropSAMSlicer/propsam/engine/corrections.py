@@ -48,12 +48,12 @@ import numpy as np
 from ..errors import InputError
 from ..io.volume import Volume
 from .box2mask_predictor import box_to_mask
-from .content_view import content_orientation, mask_region, turn_spacing
+from .content_view import content_orientation, turn_spacing
 from .control import CancelToken, ProgressCallback
 from .orientation import canonical_flips, flip_array, flip_plane, flip_prompt
 from .prompts import AXES, AXIS_NAMES, BoxPrompt, MaskPrompt, _check_slice, plane_shape
 from .propagation import PropagationStats, propagate, window_size
-from .roi import slice_extent
+from .roi import mask_bbox, slice_extent
 from .segmenter import SegmentOptions, SegmentResult, Segmenter, check_volume
 from .tta import ORIENTATIONS, Orientation
 
@@ -178,7 +178,7 @@ def _correct_canonical(segmenter, array, spacing_xyz, axis, current, prompt_inde
     moved = np.moveaxis(array, axis, 0)
     spacing_zyx = tuple(spacing_xyz[::-1])
     spacing = (spacing_zyx[axis],) + tuple(spacing_zyx[a] for a in range(3) if a != axis)
-    view = content_orientation(moved[prompt_index], mask_region(prompt_mask)) if options.tta.content_view else ORIENTATIONS[0]
+    view = content_orientation(moved[prompt_index], mask_bbox(prompt_mask)) if options.tta.content_view else ORIENTATIONS[0]
     out, prompt_mask, stats = _correct_in_view(
         segmenter, view.apply(moved), turn_spacing(view, spacing), view.apply(current), prompt_index,
         view.apply(prompt_mask), stats, correction.turned(view, moved.shape[1:]), options, progress, cancel)

@@ -18,12 +18,13 @@ from ..errors import InputError
 from ..io.volume import Volume, check_finite
 from ..weights import load_bundle
 from .box2mask_predictor import WindowSearch, box_to_mask
-from .content_view import box_region, content_orientation, mask_region, turn_spacing
+from .content_view import box_region, content_orientation, turn_spacing
 from .control import CancelToken, ProgressCallback
 from .device import default_threads, pick_device
 from .orientation import canonical_flips, flip_array, flip_plane, flip_prompt
 from .prompts import BoxPrompt, MaskPrompt, Prompt, TwoViewBoxPrompt
 from .propagation import PropagationOptions, PropagationStats, propagate
+from .roi import mask_bbox
 from .tta import ORIENTATIONS, TestTimeAugmentation
 
 
@@ -105,7 +106,7 @@ class Segmenter:
         plane = np.asarray(moved[prompt.slice_index], dtype=np.float32)
         if not isinstance(prompt, (BoxPrompt, MaskPrompt)):
             raise InputError(f"unknown prompt type {type(prompt).__name__}")
-        region = box_region(prompt.box) if isinstance(prompt, BoxPrompt) else mask_region(np.asarray(prompt.mask) > 0)
+        region = box_region(prompt.box) if isinstance(prompt, BoxPrompt) else mask_bbox(np.asarray(prompt.mask) > 0)
         view = content_orientation(plane, region) if options.tta.content_view else ORIENTATIONS[0]
         turned, plane = view.apply(moved), view.apply(plane)
         if isinstance(prompt, BoxPrompt):

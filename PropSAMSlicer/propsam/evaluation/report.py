@@ -39,10 +39,10 @@ def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, cluste
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def mean_ci(values, clusters=None) -> str:
+def mean_ci(values) -> str:
     if not len(values):
         return "-"
-    lo, hi = bootstrap_ci(values, clusters=clusters)
+    lo, hi = bootstrap_ci(values)
     return f"{np.mean(values):.3f} [{lo:.3f}, {hi:.3f}]"
 
 
