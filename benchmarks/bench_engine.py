@@ -44,6 +44,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return float("nan")
 
 
+SPACING_ZYX = (1.5, 0.8, 0.8)  # mm
+
+
+def ellipsoid_object(slices: int) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int]]:
+    """An ellipsoid spanning `slices` 1.5 mm slices, 60 mm across in-plane at 0.8 mm pixels, on
+    noise (also bench_tta's object): (volume (Z, 160, 160) float32, its mask, the centre slice,
+    (first, last) slice of the object)."""
+    shape = (slices + 20, 160, 160)
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0, 10, shape).astype(np.float32)
+    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    centre = shape[0] // 2
+    inside = ((zz - centre) / (slices / 2)) ** 2 + ((yy - 80) / 37) ** 2 + ((xx - 80) / 37) ** 2 <= 1
+    volume[inside] += 150
+    return volume, inside, centre, (centre - slices // 2, centre + slices // 2 - 1)
+
+
 def run_case(config_name: str, device_name: str, slices: int, repeats: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -61,20 +78,12 @@ def run_case(config_name: str, device_name: str, slices: int, repeats: int) -> d
         config = replace(config, prompt_memory=True)
     torch.manual_seed(0)
     net = build_network(config).to(device).eval()
-    # an object of `slices` 1.5 mm slices, 60 mm across in-plane at 0.8 mm pixels
-    shape = (slices + 20, 160, 160)
-    rng = np.random.default_rng(0)
-    volume = rng.normal(0, 10, shape).astype(np.float32)
-    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    centre = shape[0] // 2
-    inside = ((zz - centre) / (slices / 2)) ** 2 + ((yy - 80) / 37) ** 2 + ((xx - 80) / 37) ** 2 <= 1
-    volume[inside] += 150
+    volume, inside, centre, bounds = ellipsoid_object(slices)
     guide = inside[centre]
-    bounds = (centre - slices // 2, centre + slices // 2 - 1)
     options = PropagationOptions(presence_threshold=0.0, min_area_px=0, min_area_fraction=0.0)
-    args = (net, config.image_size, volume, (1.5, 0.8, 0.8), centre, guide, device, options, bounds)
+    args = (net, config.image_size, volume, SPACING_ZYX, centre, guide, device, options, bounds)
 
-    window = window_size(options.thickness_mm, 1.5, options.max_window)
+    window = window_size(options.thickness_mm, SPACING_ZYX[0], options.max_window)
     with FlopCounterMode(display=False) as counter:  # one round's FLOPs, counted not estimated
         propagate(*args[:-1], bounds=(centre - 1, centre + 1))
     # every round sends a full window per side (shorter sides are padded)

@@ -8,7 +8,8 @@ two-view box so that exactly the object's slices are propagated (stop rules off:
 so its row beside the plain one is the content view's cost. Seconds are the best of --repeats
 after a warm-up, as wall time and as this process's CPU time (on a machine shared with other
 jobs, wall time of a multi-threaded run is inflated by waiting; CPU time at --threads 1 is not,
-and is close to one idle core's wall time). The speed target is lite <= 2 s wall per 80-slice object on 2 idle CPU cores.
+and is close to one idle core's wall time). The speed target is lite <= 2 s wall per 80-slice
+object on 2 idle CPU cores.
 
     python benchmarks/bench_tta.py [--model lite] [--device cpu] [--threads N] [--repeats 3] [--settings 1x1,8x1,8x2]
 """
@@ -18,24 +19,18 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 DEFAULT_SETTINGS = "1x1,2x1,4x1,8x1,8x1-stored,1x2,8x2,8x4,8x8"  # box2mask x propmask orientations (engine/tta.py)
 
 
 def synthetic_object(slices: int = 80):
+    """bench_engine's ellipsoid as a Volume, and a two-view box around it."""
+    from bench_engine import SPACING_ZYX, ellipsoid_object  # the script's own folder is on sys.path
     from propsam.io.volume import Volume
 
-    shape = (slices + 20, 160, 160)
-    rng = np.random.default_rng(0)
-    array = rng.normal(0, 10, shape).astype(np.float32)
-    zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    centre = shape[0] // 2
-    inside = ((zz - centre) / (slices / 2)) ** 2 + ((yy - 80) / 37) ** 2 + ((xx - 80) / 37) ** 2 <= 1
-    array[inside] += 150
-    first, last = centre - slices // 2, centre + slices // 2 - 1
-    volume = Volume(array, (0.8, 0.8, 1.5), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    array, _, _, (first, last) = ellipsoid_object(slices)
+    volume = Volume(array, SPACING_ZYX[::-1], (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     return volume, (43, 43, first, 117, 117, last)
 
 
