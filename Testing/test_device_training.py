@@ -115,12 +115,13 @@ def test_device_planes_match_the_engine_crop():
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-def test_device_batches_have_the_cpu_tasks_keys_shapes_and_ranges():
+@pytest.mark.parametrize("memory_slices", [1, 2])
+def test_device_batches_have_the_cpu_tasks_keys_shapes_and_ranges(memory_slices):
     seeds = [3, 4, 6]
     atlas = pack_atlas(_phantom_volumes(seeds), "cpu")
     sources = [phantom_source(s, 1.0) for s in seeds]
     gen = torch.Generator().manual_seed(0)
-    opt = TaskOptions(image_size=32, adjacent=4, memory=True, perturb_guide=0.5)
+    opt = TaskOptions(image_size=32, adjacent=4, memory=True, memory_slices=memory_slices, perturb_guide=0.5)
     cpu = collate([sample_propmask_task(sources, np.random.default_rng(i), opt) for i in range(2)])
     dev = sample_propmask_batch(atlas, 24, gen, opt)
     assert {k: (v.shape[1:], v.dtype) for k, v in dev.items()} == {k: (v.shape[1:], v.dtype) for k, v in cpu.items()}

@@ -130,3 +130,81 @@ def test_synthetic_evaluation_objects_stay_out_of_the_real_pool(shared_data, tmp
     assert [o.key for o in again] == [o.key for o in objects]  # seeded
     rows = run_evaluation(objects[:1], Segmenter.load("lite", "cpu"), tmp_path, methods=("copy",))
     assert "real objects" not in headline_means(rows).get("copy", {}) or headline_means(rows)["copy"]["real objects"]["n"] == 0
+
+
+def test_previous_guides_lie_a_window_apart_and_never_past_the_prompt():
+    from propsam.training.tasks import previous_guides
+
+    assert previous_guides(20, 10, +1, 4, 3) == [16, 12]
+    assert previous_guides(20, 10, +1, 8, 3) == [12, 10]  # the prompt, where a window back would pass it
+    assert previous_guides(5, 10, -1, 4, 3) == [9, 10]
+    assert previous_guides(20, 10, +1, 4, 1) == []
+    got = previous_guides(torch.tensor([20, 20, 5]), torch.tensor([10, 10, 10]), torch.tensor([1, 1, -1]), torch.tensor([4, 8, 4]), 3)
+    assert [g.tolist() for g in got] == [[16, 12, 9], [12, 10, 10]]  # the same arithmetic on tensors
+
+
+def test_a_memory_of_several_slices_is_one_key_value_set():
+    """Repeating the prompt in the memory changes nothing (attention over duplicated tokens is the
+    same), so a side's first round, which has no previous guide yet, sees what a one-slice memory
+    sees; a different previous guide does change the result."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    net = build_network(replace(memory_config(), memory_slices=2)).eval()
+    for block in net.memory_attention:
+        torch.nn.init.normal_(block.out_proj.weight, 0, 0.1)
+    g, m, adj = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float(), torch.rand(2, 3, 1, 32, 32)
+    mem_i, mem_m = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    other_i, other_m = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    with torch.no_grad():
+        one = net(g, m, adj, mem_i, mem_m)["masks"][0]
+        twice = net(g, m, adj, torch.cat([mem_i, mem_i], 1), torch.cat([mem_m, mem_m], 1))["masks"][0]
+        other = net(g, m, adj, torch.cat([mem_i, other_i], 1), torch.cat([mem_m, other_m], 1))["masks"][0]
+    torch.testing.assert_close(one, twice, atol=1e-5, rtol=0)
+    assert not torch.allclose(one, other, atol=1e-3)
+
+
+def test_memory_tasks_carry_the_previous_guides():
+    from propsam.training.phantom_sources import phantom_source
+
+    sources = [phantom_source(s, 1.0) for s in range(2)]
+    opt = TaskOptions(memory=True, memory_slices=3, adjacent=3)
+    task = sample_propmask_task(sources, np.random.default_rng(2), opt)
+    assert task["memory_image"].shape == (3, 96, 96) and task["memory_mask"].shape == (3, 96, 96)
+    assert task["memory_mask"][0].sum() > 0  # the prompt slice holds the object
+
+
+def test_propagation_shows_a_side_its_previous_guides(monkeypatch):
+    """With a two-slice memory, the first round's memory is the prompt twice; later rounds hold
+    the side's previous guide, whose mask is what propagation accepted there."""
+    from dataclasses import replace
+
+    from propsam.engine.propagation import PropagationOptions, propagate
+    from propsam.training.phantom_sources import phantom_source
+
+    torch.manual_seed(0)
+    net = build_network(replace(memory_config(), memory_slices=2, presence_head=False)).eval()
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append((args[3].clone(), args[4].clone())))
+    source = phantom_source(3, 1.0)
+    obj = max(source.objects, key=lambda o: o.mask.sum())
+    truth = obj.full_mask(source.image.shape)
+    k = int(truth.reshape(truth.shape[0], -1).sum(1).argmax())
+    # a network that copies the guide keeps every slice present: several rounds per side
+    monkeypatch.setattr(net, "forward", _copying_forward(net.forward))
+    mask, stats = propagate(net, 32, source.image, tuple(source.spacing_zyx), k, truth[k], torch.device("cpu"),
+                            PropagationOptions(thickness_mm=2.0, max_window=2))
+    assert stats.rounds >= 2 and mask.shape == source.image.shape
+    first_images, first_masks = seen[0]
+    assert first_images.shape[1] == 2 and torch.equal(first_images[:, 0], first_images[:, 1])
+    later_images, _ = seen[-1]
+    assert not torch.equal(later_images[:, 0], later_images[:, 1])  # a previous guide, not the prompt
+
+
+def _copying_forward(forward):
+    def run(guide_image, guide_mask, adjacent, memory_image=None, memory_mask=None):
+        out = forward(guide_image, guide_mask, adjacent, memory_image, memory_mask)
+        b, k = adjacent.shape[:2]
+        full = (guide_mask * 20 - 10)[:, None].expand(b, k, 1, *guide_mask.shape[-2:])
+        return {**out, "masks": [full] + out["masks"][1:]}
+    return run

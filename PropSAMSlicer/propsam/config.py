@@ -32,6 +32,7 @@ class NetworkConfig:
     boundary_head: bool = False  # BD (SAM2-3dMed): boundary logits fused into the mask
     position_head: bool = False  # SRPP (SAM2-3dMed): signed slice offset from the guide
     prompt_memory: bool = False  # PropMask also attends to the user's prompt slice (image + mask)
+    memory_slices: int = 1  # with prompt_memory: the prompt plus the side's (memory_slices - 1) previous guides
 
     @property
     def channels(self) -> list[int]:
@@ -44,6 +45,8 @@ class NetworkConfig:
             raise InputError(f"image_size {self.image_size} must be divisible by 2**{self.stages - 1}")
         if self.network == "propmask" and not 1 <= self.attention_stages <= self.stages:
             raise InputError(f"attention_stages must be within 1..{self.stages}")
+        if self.memory_slices < 1:
+            raise InputError(f"memory_slices must be at least 1 (the prompt slice), got {self.memory_slices}")
         return self
 
     def to_dict(self) -> dict:

@@ -64,6 +64,7 @@ class _Side:
     mask: np.ndarray
     active: bool = True
     travelled: int = 0
+    earlier: list = field(default_factory=list)  # the guides before this one, (slice, mask), most recent first
 
 
 def window_size(thickness_mm: float, spacing_mm: float, cap: int) -> int:
@@ -94,8 +95,10 @@ def propagate(
     radius_mm = math.sqrt(guide_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
     expected_half = max(window, math.ceil(1.2 * radius_mm / spacing_prc[0]))
 
-    # the prompt slice, shown to a PropMask built with a memory in every round
-    memory = (volume[guide_index], guide_mask) if options.prompt_memory and getattr(net, "memory_attention", None) else None
+    # the prompt slice, shown to a PropMask built with a memory in every round (with the side's
+    # previous guides where the network's memory holds more than one slice)
+    memory = (guide_index, guide_mask) if options.prompt_memory and getattr(net, "memory_attention", None) else None
+    kept = net.config.memory_slices - 1 if memory is not None else 0  # previous guides each side remembers
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     sides = [_Side(+1, guide_index, guide_mask), _Side(-1, guide_index, guide_mask)]
@@ -140,6 +143,7 @@ def propagate(
                 side.active = False
                 stats.stop_reasons[side.direction] = "object ended"
             else:  # the last accepted slice guides the next round
+                side.earlier = ([(side.guide, side.mask)] + side.earlier)[:kept]
                 side.guide = targets[accepted - 1]
                 side.mask = sums[side.guide] / counts[side.guide] > 0.5
         if progress is not None:
@@ -187,8 +191,10 @@ def _judge(planes, presence, min_area: float, max_area: float, options: Propagat
 def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device, orientations=1, memory=None):
     """One PropMask call for all active sides; shorter sides are padded by repeating their last slice.
 
-    memory: (prompt plane, prompt mask), cropped like each side's guide, for a network with a memory.
+    memory: (prompt slice, prompt mask) for a network with a memory: the prompt, then the side's
+    previous guides (the prompt again where there are fewer), cropped like each side's guide.
     """
+    memory_slices = net.config.memory_slices if memory is not None else 0
     images, masks, adjacent, rois, mem_images, mem_masks = [], [], [], [], [], []
     for side, targets in batch:
         roi = square_roi(side.mask, spacing_rc, context)
@@ -202,8 +208,10 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
         adjacent.append(x[1:, None])
         rois.append(roi)
         if memory is not None:
-            mem_images.append(crop_to_model(apply_window(torch.from_numpy(memory[0][None].astype(np.float32)), lo, hi), grid))
-            mem_masks.append((crop_to_model(torch.from_numpy(memory[1][None].astype(np.float32)), grid) > 0.5).float())
+            held = ([memory] + side.earlier[: memory_slices - 1] + [memory] * memory_slices)[:memory_slices]
+            mem_planes = np.stack([volume[index] for index, _ in held]).astype(np.float32)
+            mem_images.append(crop_to_model(apply_window(torch.from_numpy(mem_planes), lo, hi), grid))
+            mem_masks.append((crop_to_model(torch.from_numpy(np.stack([m for _, m in held]).astype(np.float32)), grid) > 0.5).float())
     tensors = (images, masks, adjacent) + ((mem_images, mem_masks) if memory is not None else ())
     inputs = [stack_turned(torch.stack(t), orientations).to(device) for t in tensors]
     with torch.inference_mode(), autocast_for(device):

@@ -2,7 +2,8 @@
 
 Q = adjacent-slice image features, K = guiding-slice image features, V = guiding-mask features.
 All K adjacent slices of one guide share one key/value set, so their queries are concatenated
-along the token axis instead of repeating keys and values per slice.
+along the token axis instead of repeating keys and values per slice. Several guiding slices (a
+memory) are concatenated the same way: their tokens form one key/value set.
 """
 
 from __future__ import annotations
@@ -38,15 +39,20 @@ class MaskCrossAttention(nn.Module):
         self.positional_encoding = positional_encoding
 
     def forward(self, adjacent: torch.Tensor, guide: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor:
-        """adjacent (B, K, C, h, w); guide, guide_mask (B, C, h, w) -> (B, K, C, h, w)."""
+        """adjacent (B, K, C, h, w); guide, guide_mask (B, C, h, w), or (B, M, C, h, w) for M
+        guiding slices -> (B, K, C, h, w)."""
         b, k, c, h, w = adjacent.shape
+        if guide.dim() == 4:
+            guide, guide_mask = guide[:, None], guide_mask[:, None]
+        m = guide.shape[1]
         q = adjacent.permute(0, 1, 3, 4, 2).reshape(b, k, h * w, c)
-        kv = guide.flatten(2).transpose(1, 2)
-        v = guide_mask.flatten(2).transpose(1, 2)
+        kv = guide.permute(0, 1, 3, 4, 2).reshape(b, m, h * w, c)
+        v = guide_mask.permute(0, 1, 3, 4, 2).reshape(b, m * h * w, c)
         if self.positional_encoding:
             pos = sinusoidal_position_2d(c, h, w, adjacent.device, adjacent.dtype)
             q = q + pos
             kv = kv + pos
+        kv = kv.reshape(b, m * h * w, c)
         q = self.q_proj(q.reshape(b, k * h * w, c))
         key = self.k_proj(kv)
         value = self.v_proj(v)

@@ -8,6 +8,8 @@ With `prompt_memory`, a second cross-attention at the same stages reads the user
 (Q adjacent, K prompt image, V prompt mask), so every round is compared with what the user marked
 and not only with the last, possibly drifted, guide (as SAM2-style memories do). Its output
 projection starts at zero: a network warm-started from one without memory begins unchanged.
+With `memory_slices` M > 1 the memory also holds the side's M - 1 previous guides (recent
+accepted slices): one key/value set of M slices' tokens, so no new parameters.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class PropMask(nn.Module):
     def forward(self, guide_image: torch.Tensor, guide_mask: torch.Tensor, adjacent: torch.Tensor,
                 memory_image: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> dict:
         """guide_image, guide_mask (B, 1, S, S); adjacent (B, K, 1, S, S), all in [0, 1];
-        memory_image, memory_mask (B, 1, S, S): the prompt slice in the same crop (optional; used
-        only by a network built with prompt_memory, and left out to switch the memory off).
+        memory_image, memory_mask (B, M, S, S): the prompt slice, then the previous guides, in the
+        same crop (optional; used only by a network built with prompt_memory, and left out to
+        switch the memory off).
 
         Returns "masks": logits (B, K, 1, s, s) per decoder stage (full resolution first), and
         where configured "presence" (B, K) logits, "boundary" (B, K, 1, S, S) logits and
@@ -67,10 +70,11 @@ class PropMask(nn.Module):
         """
         b, k = adjacent.shape[:2]
         use_memory = self.memory_attention is not None and memory_image is not None and memory_mask is not None
-        leading = [guide_image, memory_image] if use_memory else [guide_image]
+        m = memory_image.shape[1] if use_memory else 0
+        leading = [guide_image, memory_image.flatten(0, 1)[:, None]] if use_memory else [guide_image]
         image_features = self.image_encoder(torch.cat(leading + [adjacent.flatten(0, 1)], dim=0))
-        mask_features = self.mask_encoder(torch.cat([guide_mask, memory_mask]) if use_memory else guide_mask)
-        first_adjacent = len(leading) * b
+        mask_features = self.mask_encoder(torch.cat([guide_mask, memory_mask.flatten(0, 1)[:, None]]) if use_memory else guide_mask)
+        first_adjacent = (1 + m) * b
         skips = []
         lowest_attended = None
         for i, feat in enumerate(image_features):
@@ -80,7 +84,8 @@ class PropMask(nn.Module):
                 stage = i - self.first_attention_stage
                 attended = self.attention[stage](adj5, guide_feat, mask_features[i][:b])
                 if use_memory:
-                    attended = attended + self.memory_attention[stage](adj5, feat[b:2 * b], mask_features[i][b:])
+                    memory_feat = feat[b:first_adjacent].unflatten(0, (b, m))
+                    attended = attended + self.memory_attention[stage](adj5, memory_feat, mask_features[i][b:].unflatten(0, (b, m)))
                 adj_feat = (adj5 + attended).flatten(0, 1)
                 lowest_attended = attended
             skips.append(adj_feat)

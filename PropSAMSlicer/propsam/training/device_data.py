@@ -3,7 +3,7 @@
 The data stay on the device (atlas.Atlas) and a whole batch of PropMask tasks or Box2Mask crops
 is drawn with vectorised tensor operations: the same recipe as tasks.py (object by weight, axis,
 guide slice with a share near the object's end, K adjacent slices within the propagation
-thickness, the prompt-memory slice behind the guide, perturbed guides, the square ROI with
+thickness, the prompt-memory slice behind the guide (and the previous guides), perturbed guides, the square ROI with
 context and jitter, the 8 in-plane orientations plus a free angle for PropMask, percentile
 windows, brightness/contrast, presence and position targets) and the same keys and shapes, so
 the Trainer and the losses are shared. Where tasks.py works on full-resolution pixels (percentile
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .atlas import Atlas, build_atlas
 from .pack import PackedVolume, load_pack
 from .sources import objects_from_labels
-from .tasks import MIN_GUIDE_AREA, TaskOptions
+from .tasks import MIN_GUIDE_AREA, TaskOptions, previous_guides
 
 MIN_HALF_EXTENT_PX = 8.0  # as engine.roi
 
@@ -249,7 +249,8 @@ def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
         behind = valid & (direction[:, None] * (idx[None] - guide[:, None]) <= 0)
         largest = torch.where(behind, areas, -1).argmax(1)
         memory = torch.where(torch.rand(n, generator=gen, device=device) < 0.5, largest, _pick_one(behind, gen))
-        slices = torch.cat([slices, memory[:, None]], 1)
+        earlier = previous_guides(guide, memory, direction, window, opt.memory_slices)
+        slices = torch.cat([slices, memory[:, None]] + [e[:, None] for e in earlier], 1)
 
     # the ROI: square (mm) around the guide mask's box, as engine.roi.square_roi, then jittered
     box = atlas.boxes[obj, axis, guide].float()  # (B, 4) r0, c0, r1, c1
@@ -272,7 +273,7 @@ def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
     scale = opt.image_size / (2 * torch.maximum(half_r, half_c))
     guide_mask = torch.where(perturbed[:, None, None], _perturb(y[:, 0], kind, steps, scale, gen), y[:, 0])
     y = torch.cat([guide_mask[:, None], y[:, 1:]], 1)
-    prompt = -1 if opt.memory else 0  # the prompt's window, as at inference
+    prompt = k + 1 if opt.memory else 0  # the prompt's window, as at inference
     lo, hi = masked_percentiles(planes.raw()[:, prompt].flatten(1), y[:, prompt].flatten(1) > 0.5,
                                 _uniform(gen, n, 0, 2, device), _uniform(gen, n, 98, 100, device))
     x = planes.windowed(lo, hi)

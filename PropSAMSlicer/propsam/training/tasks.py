@@ -28,6 +28,7 @@ class TaskOptions:
     max_window: int = 16
     end_fraction: float = 0.3  # guides taken within one window of the object's end
     memory: bool = False  # also return the "prompt slice" (image + mask) behind the guide
+    memory_slices: int = 1  # ... and (memory_slices - 1) previous guides between it and the guide
     perturb_guide: float = 0.0  # share of tasks whose guide mask is slightly wrong (memory corrects it)
     context: tuple[float, float] = (1.0, 2.0)
     box_scale: tuple[float, float] = (1.0, 1.25)
@@ -71,6 +72,17 @@ def _perturb_guide(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     else:
         out = np.roll(mask, tuple(rng.integers(-steps, steps + 1, 2)), axis=(0, 1))
     return out if out.sum() >= MIN_GUIDE_AREA else mask
+
+
+def previous_guides(guide, prompt, direction, window, memory_slices: int) -> list:
+    """The guides of the rounds before `guide`, most recent first, as propagation meets them: a
+    window apart (every round accepting its whole window), and the prompt where that would pass
+    it. The same arithmetic serves ints (tasks.py) and tensors of them (device_data.py)."""
+    out = []
+    for j in range(1, memory_slices):
+        back = guide - direction * window * j
+        out.append(back + (prompt - back) * (direction * (back - prompt) < 0))
+    return out
 
 
 def _brightness_contrast(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -125,7 +137,7 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
             memory = int(behind[areas[behind].argmax()])
         else:
             memory = int(rng.choice(behind))
-        indices = np.concatenate([indices, [memory]])
+        indices = np.concatenate([indices, [memory] + previous_guides(guide, memory, direction, window, opt.memory_slices)])
 
     images = _planes(source.image, axis, indices)
     masks = _object_planes(obj, source.image.shape, axis, indices)
@@ -137,7 +149,8 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
     roi = Roi(roi.centre_row + jitter[0] * roi.half_rows, roi.centre_col + jitter[1] * roi.half_cols, roi.half_rows, roi.half_cols)
     aug = _augmentation(rng, opt.augment, free_angle=True) if opt.augment else {}
     grid = roi_grid(roi, opt.image_size, images.shape[1:], **aug)
-    lo, hi = window_from_values(images[-1 if opt.memory else 0][masks[-1 if opt.memory else 0]],
+    prompt = opt.adjacent + 1 if opt.memory else 0
+    lo, hi = window_from_values(images[prompt][masks[prompt]],
                                 rng.uniform(0, 2), rng.uniform(98, 100))  # the prompt's window, as at inference
     x = crop_to_model(apply_window(torch.from_numpy(images), lo, hi), grid)
     if opt.augment:

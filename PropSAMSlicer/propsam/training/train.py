@@ -126,7 +126,8 @@ class Trainer:
         self.synth = SynthPool(maps, cfg.synth_pool, first_seed=5_000_000 * (self.rank + 1), weight=cfg.synth_weight,
                                state=self.synth_state)
         self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
-                                   memory=self.net_config.prompt_memory, perturb_guide=cfg.perturb_guide)
+                                   memory=self.net_config.prompt_memory, memory_slices=self.net_config.memory_slices,
+                                   perturb_guide=cfg.perturb_guide)
         self.device_sampler = None
         if on_device:
             from .device_data import DeviceSampler
