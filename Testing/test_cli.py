@@ -149,6 +149,7 @@ BAD_BOX = ["--box", "5,5,20,20", "--slice-index", "10"]
         ("sphere", ["--box", "5,5,20,20"], "needs --slice-index"),
         ("sphere", ["--two-view-box", "5,5,2,20,20,40"], "outside the volume"),
         ("sphere", ["--box", "5,5,20,20", "--slice-index", "10", "--thickness-mm", "0"], "thickness"),
+        ("sphere", ["--box", "5,5,20,20", "--slice-index", "10", "--leak-limit", "0.5"], "--leak-limit"),
     ],
 )
 def test_bad_input_exits_2_with_a_reason_and_writes_nothing(random_model, sphere_file, tmp_path, capsys, make_image, prompt, message):

@@ -413,7 +413,8 @@ def test_cancel_stops_within_a_round_and_changes_nothing(scene, tmp_path, random
     before = scene_state(scene)
     logic = PropSAMLogic(scene)
     request = SegmentRequest(volume_node, BoxPrompt(30, (4, 4, 19, 19), 0), segmentation_node=segmentation_node,
-                             model=str(random_model), device="cpu", thickness_mm=4)  # 4 slices a round
+                             model=str(random_model), device="cpu", thickness_mm=4,  # 4 slices a round
+                             leak_limit=0)  # the random network's masks may outgrow the prompt: no leak limit
     job = logic.start(request)
     rounds_seen = 0
     while not job.done:
@@ -618,6 +619,8 @@ def test_bad_inputs_give_clear_errors_and_change_nothing(scene, small_volume):
         logic.start(SegmentRequest(small_volume, BoxPrompt(4, (3, 3, 30, 9), 0)))
     with pytest.raises(InputError, match="thickness"):
         logic.start(SegmentRequest(small_volume, BoxPrompt(4, (3, 3, 12, 9), 0), thickness_mm=0))
+    with pytest.raises(InputError, match="leak limit"):
+        logic.start(SegmentRequest(small_volume, BoxPrompt(4, (3, 3, 12, 9), 0), leak_limit=0.5))
     unplaced = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "unplaced")
     with pytest.raises(InputError, match="not placed yet"):
         box_prompt_from_roi(small_volume, unplaced, view)

@@ -32,3 +32,37 @@ def test_area_bounds_fail_a_slice():
     assert _judge(planes(30, 2, 30), np.ones(3), 3, np.inf, opt) == (1, True, 2)  # too small
     assert _judge(planes(30, 90, 30), np.ones(3), 3, 60, opt) == (1, True, 2)  # a leak: larger than allowed
     assert _judge(planes(30, 90, 30), np.ones(3), 3, np.inf, opt) == (3, False, 3)
+
+
+def test_growth_limit_fails_a_slice_that_jumps_into_a_neighbour():
+    opt = PropagationOptions(max_growth=1.5)
+    assert _judge(planes(40, 50, 90), np.ones(3), 3, np.inf, opt, guide_area=40) == (2, True, 3)  # 90 > 1.5 x 50
+    assert _judge(planes(70, 50), np.ones(2), 3, np.inf, opt, guide_area=40) == (0, True, 1)  # against the guide first
+    assert _judge(planes(20, 30, 40), np.ones(3), 3, np.inf, opt, guide_area=10) == (3, False, 3)  # small: floor of 16 px
+    assert _judge(planes(40, 50, 90), np.ones(3), 3, np.inf, PropagationOptions(), guide_area=40) == (3, False, 3)  # off
+
+
+def _disk_into_slab():
+    """A bright disk (slices 4-25) that runs into a bright slab of the same intensity from slice 16."""
+    z, y, x = np.mgrid[:30, :64, :64]
+    disk = ((y - 32) ** 2 + (x - 32) ** 2 <= 25) & (z >= 4) & (z <= 25)
+    slab = ((y - 32) ** 2 + (x - 40) ** 2 <= 400) & (z >= 16) & (z <= 25)
+    volume = np.where(disk | slab, 100.0, 0.0).astype(np.float32)  # noise-free: the threshold double is exact
+    return volume, disk
+
+
+@pytest.mark.parametrize("leak_limit", [2.0, 0.0])
+def test_the_leak_limit_stops_at_a_neighbour_of_the_same_intensity(leak_limit):
+    import torch
+    from engine_doubles import ThresholdPropMask
+
+    from propsam.engine.propagation import propagate
+
+    volume, disk = _disk_into_slab()
+    options = PropagationOptions(max_area_ratio=leak_limit, thickness_mm=2.0)
+    mask, stats = propagate(ThresholdPropMask(), 32, volume, (1.0, 1.0, 1.0), 10, disk[10], torch.device("cpu"), options)
+    assert (mask[4:16] >= disk[4:16]).all() and mask[4:16].sum() < 1.5 * disk[4:16].sum()  # the disk, down to its lower end
+    if leak_limit:
+        assert not mask[16:].any() and stats.extent == (4, 15)  # stopped where the slab begins
+    else:
+        assert mask[16:].sum() > 2 * disk[16:].sum()  # without the limit it runs on into the slab

@@ -195,7 +195,7 @@ def test_propagation_shows_a_side_its_previous_guides(monkeypatch):
     mask, stats = propagate(net, 32, source.image, tuple(source.spacing_zyx), k, truth[k], torch.device("cpu"),
                             PropagationOptions(thickness_mm=2.0, max_window=2))
     assert stats.rounds >= 2 and mask.shape == source.image.shape
-    first_images, first_masks = seen[0]
+    first_images, _ = seen[0]
     assert first_images.shape[1] == 2 and torch.equal(first_images[:, 0], first_images[:, 1])
     later_images, _ = seen[-1]
     assert not torch.equal(later_images[:, 0], later_images[:, 1])  # a previous guide, not the prompt

@@ -2,11 +2,14 @@
 
 Tuning objects are synthetic volumes made from the training split's label maps (seeds 700000+,
 apart from training's 5,000,000+) and procedural phantoms (seeds 800000+, apart from training's
-1,000,000+ and evaluation's 900000+). Each object is prompted on its largest axial slice with its
-mask and with its tight box; each propagation variant is scored by 3D Dice and by the error at
-each end (slices). Prints a markdown table; `--out` also writes it.
+1,000,000+ and evaluation's 900000+); with `--real N`, also N real objects of the manifest's
+TRAINING split (read with their file geometry, as the CLI reads them; evaluation subjects are never
+among them). The networks have seen those subjects, so their figures are optimistic; they are there
+because real small lesions taper and fade as no synthetic object does. Each object is prompted on
+its largest axial slice with its mask and with its tight box; each propagation variant is scored by
+3D Dice and by the error at each end (slices). Prints a markdown table; `--out` also writes it.
 
-    python benchmarks/tune_stop_rule.py --model runs/v2_bundle --objects 40 [--out results/stop_rule_tuning.md]
+    python benchmarks/tune_stop_rule.py --model lite --objects 40 --real 60 [--variants ...] [--out results/stop_rule_tuning.md]
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from propsam.engine.prompts import BoxPrompt, MaskPrompt
 from propsam.engine.roi import mask_bbox, slice_extent
 from propsam.engine.segmenter import Segmenter, SegmentOptions
 from propsam.evaluation.metrics import dice
+from propsam.evaluation.objects import entry_objects
+from propsam.evaluation.report import bootstrap_ci
 from propsam.io.volume import Volume
 from propsam.training.phantom_sources import phantom_source
+from propsam.training.sources import manifest_entries
 from propsam.training.synthesis import load_label_maps, synthetic_source
 from propsam.training.train import default_data_dir
 
@@ -46,10 +52,29 @@ def tuning_objects(count: int, seed: int = 0):
         obj = objects[int(rng.integers(len(objects)))]
         spacing_xyz = tuple(float(s) for s in source.spacing_zyx[::-1])
         volume = Volume(source.image, spacing_xyz, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-        out.append((f"{source.id}/{obj.name}", volume, obj.full_mask(source.image.shape).astype(np.uint8)))
+        group = "synthetic" if n % 2 == 1 else "phantom"  # n was advanced past this source
+        out.append((f"{group}:{source.id}/{obj.name}", volume, obj.full_mask(source.image.shape).astype(np.uint8)))
     return out
 
 
+def real_tuning_objects(count: int, per_dataset: int = 8, min_slices: int = 5, seed: int = 0):
+    """(name, Volume, truth) for up to `count` real objects of the TRAINING split, at most
+    `per_dataset` per dataset (so no dataset's many small objects swamp the rest), spanning
+    >= min_slices axial slices, drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    data_dir = default_data_dir()
+    by_dataset: dict[str, list] = {}
+    for entry in manifest_entries(data_dir, "train"):
+        if "image" in entry:
+            by_dataset.setdefault(entry["dataset"], []).extend(
+                (f"real:{entry['id']}/{o.name}", o.volume, o.truth) for o in entry_objects(entry, data_dir) if o.slices >= min_slices)
+    chosen = []
+    for objects in by_dataset.values():
+        chosen += [objects[i] for i in sorted(rng.permutation(len(objects))[:per_dataset])]
+    return [chosen[i] for i in sorted(rng.permutation(len(chosen))[:count])]
+
+
+# every variant names its leak limit: the engine's default is one of the variants (leak limit 2x)
 VARIANTS = {
     "v1 rule (patience 1, no leak limit)": dict(stop_patience=1, max_area_ratio=0.0),
     "patience 2": dict(stop_patience=2, max_area_ratio=0.0),
@@ -57,6 +82,13 @@ VARIANTS = {
     "leak limit 2x": dict(stop_patience=1, max_area_ratio=2.0),
     "patience 2 + leak limit 1.5x": dict(stop_patience=2, max_area_ratio=1.5),
     "patience 2 + leak limit 2x": dict(stop_patience=2, max_area_ratio=2.0),
+    "presence 0.4": dict(presence_threshold=0.4, max_area_ratio=0.0),
+    "presence 0.3": dict(presence_threshold=0.3, max_area_ratio=0.0),
+    "presence 0.2": dict(presence_threshold=0.2, max_area_ratio=0.0),
+    "presence 0.3 + leak limit 2x": dict(presence_threshold=0.3, max_area_ratio=2.0),
+    "growth 1.5x": dict(max_growth=1.5, max_area_ratio=0.0),
+    "growth 2x": dict(max_growth=2.0, max_area_ratio=0.0),
+    "growth 1.5x + leak limit 2x": dict(max_growth=1.5, max_area_ratio=2.0),
 }
 
 
@@ -73,20 +105,36 @@ def run(model: str, objects, variants: dict, memory: bool) -> list[dict]:
             start = time.perf_counter()
             result = seg.segment(volume, prompt, options)
             p_first, p_last = result.stats.extent
-            rows.append({"variant": label, "prompt": prompt_kind, "object": name, "dice": dice(result.mask, truth),
-                         "end_err": max(abs(p_first - first), abs(p_last - last)), "seconds": time.perf_counter() - start})
+            rows.append({"variant": label, "prompt": prompt_kind, "object": name, "group": name.split(":")[0],
+                         "dice": dice(result.mask, truth), "end_err": max(abs(p_first - first), abs(p_last - last)),
+                         "short": int(p_first > first) + int(p_last < last), "seconds": time.perf_counter() - start})
+            print(f"{label} | {prompt_kind} | {name} | {rows[-1]['dice']:.3f}", file=sys.stderr, flush=True)
     return rows
 
 
 def table(rows: list[dict], title: str) -> str:
-    lines = [f"### {title}", "", "| variant | prompt | n | mean Dice | median worst-end error (slices) | p90 worst-end error |",
-             "|---|---|---|---|---|---|"]
-    for variant in dict.fromkeys(r["variant"] for r in rows):
+    """Per variant and prompt: mean Dice (all, per group), end errors, and the paired difference
+    from the first variant with a bootstrap 95 % interval over the tuning objects."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = [f"### {title}", "",
+             "| variant | prompt | n | mean Dice | " + " | ".join(f"{g} (n)" for g in groups)
+             + f" | − {variants[0]} [95 %] | median worst-end error (slices) | p90 worst-end error | ends stopped short |",
+             "|---|---|---|---|" + "---|" * len(groups) + "---|---|---|---|"]
+    for variant in variants:
         for prompt in ("mask", "box"):
             sel = [r for r in rows if r["variant"] == variant and r["prompt"] == prompt]
+            base = {r["object"]: r["dice"] for r in rows if r["variant"] == variants[0] and r["prompt"] == prompt}
+            diffs = [r["dice"] - base[r["object"]] for r in sel]
+            lo, hi = bootstrap_ci(diffs)
             err = np.array([r["end_err"] for r in sel])
+            per_group = []
+            for g in groups:
+                values = [r["dice"] for r in sel if r["group"] == g]
+                per_group.append(f"{np.mean(values):.3f} ({len(values)})")
             lines.append(f"| {variant} | {prompt} | {len(sel)} | {np.mean([r['dice'] for r in sel]):.3f} | "
-                         f"{np.median(err):.0f} | {np.percentile(err, 90):.0f} |")
+                         + " | ".join(per_group) + f" | {np.mean(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                         f"{np.median(err):.0f} | {np.percentile(err, 90):.0f} | {sum(r['short'] for r in sel)} of {2 * len(sel)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,14 +142,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lite")
     parser.add_argument("--objects", type=int, default=40)
+    parser.add_argument("--real", type=int, default=0, help="also this many real objects of the training split")
+    parser.add_argument("--variants", help="variant names separated by ';' (default: all)")
     parser.add_argument("--memory-ablation", action="store_true", help="also run every variant with the memory off")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    objects = tuning_objects(args.objects)
-    text = f"Tuning objects: {len(objects)} (synthetic from training label maps + phantoms; no evaluation subject)\n\n"
-    text += table(run(args.model, objects, VARIANTS, memory=True), f"{args.model}: stop-rule variants, prompt memory on")
+    variants = VARIANTS
+    if args.variants:
+        names = [v.strip() for v in args.variants.split(";")]
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown:
+            parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        variants = {v: VARIANTS[v] for v in names}
+    made, real = tuning_objects(args.objects), real_tuning_objects(args.real)
+    objects = made + real
+    text = (f"Tuning objects: {len(objects)} ({len(made)} synthetic from training label maps and phantoms, "
+            f"{len(real)} real of the training split; no evaluation subject)\n\n")
+    text += table(run(args.model, objects, variants, memory=True), f"{args.model}: stop-rule variants, prompt memory on")
     if args.memory_ablation:
-        text += "\n" + table(run(args.model, objects, VARIANTS, memory=False), f"{args.model}: prompt memory off")
+        text += "\n" + table(run(args.model, objects, variants, memory=False), f"{args.model}: prompt memory off")
     print(text)
     if args.out:
         Path(args.out).write_text(text)

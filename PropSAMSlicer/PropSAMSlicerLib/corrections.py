@@ -83,7 +83,6 @@ class CorrectionSession:
     def start(self, correction) -> SegmentationJob:
         """Check the correction and start it in a worker thread; nothing in the scene changes."""
         from propsam.engine.corrections import apply_correction
-        from propsam.engine.propagation import PropagationOptions
         from propsam.engine.segmenter import SegmentOptions
 
         self._sync()
@@ -94,8 +93,7 @@ class CorrectionSession:
         volume = volume_from_node(self.volume_node)
         base = replace(self.result, mask=current)
         correction.validate(volume.shape, base.axis, base.slice_index)
-        options = SegmentOptions(propagation=PropagationOptions(thickness_mm=self.request.thickness_mm,
-                                                                context=self.request.context))
+        options = SegmentOptions(propagation=self.request.propagation_options())
         model, device, load = str(self.request.model), self.request.device, self.core.load_segmenter
 
         def work(status, progress, cancel):

@@ -9,7 +9,7 @@ a worker thread. So a cancelled or failed run leaves the scene exactly as it was
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -57,6 +57,14 @@ class SegmentRequest:
     thickness_mm: float = 20.0
     context: float = 1.5
     allow_overlap: bool = True  # False: voxels already in another segment are left out of the result
+    leak_limit: float | None = None  # a slice larger than this x the prompt's ends the object; 0: off; None: the engine's
+
+    def propagation_options(self):
+        """The engine's propagation options for this request (runs and corrections alike)."""
+        from propsam.engine.propagation import PropagationOptions
+
+        options = PropagationOptions(thickness_mm=self.thickness_mm, context=self.context)
+        return options if self.leak_limit is None else replace(options, max_area_ratio=self.leak_limit)
 
 
 def write_policy(allow_overlap: bool) -> str:
@@ -96,7 +104,7 @@ class PropSAMLogic:
     # --- running ----------------------------------------------------------------------------
     def start(self, request: SegmentRequest) -> SegmentationJob:
         """Check the request and start the engine in a worker thread; nothing in the scene changes."""
-        from propsam.engine.propagation import PropagationOptions
+        from propsam.engine.propagation import check_leak_limit
         from propsam.engine.segmenter import SegmentOptions
 
         if self.job is not None and not self.job.done:
@@ -106,11 +114,11 @@ class PropSAMLogic:
             raise InputError(f"propagation thickness must be within (0, 200] mm, got {request.thickness_mm}")
         if not 1.0 <= request.context <= 4.0:
             raise InputError(f"context must be within 1..4, got {request.context}")
+        check_leak_limit(request.leak_limit)
         self._check_target(request)
         volume = volume_from_node(request.volume_node)
         request.prompt.validate(volume.shape)
-        propagation = PropagationOptions(thickness_mm=request.thickness_mm, context=request.context)
-        options = SegmentOptions(propagation=propagation)
+        options = SegmentOptions(propagation=request.propagation_options())
         model, device = str(request.model), request.device
 
         def work(status, progress, cancel):

@@ -10,6 +10,7 @@ so `propsam --help` and argument errors stay fast.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -24,6 +25,9 @@ def add_engine_options(p) -> None:
                    help="CPU threads for the engine (default: $OMP_NUM_THREADS if set, else the idle cores)")
     p.add_argument("--thickness-mm", type=float, default=20.0, help="propagation thickness per round (mm)")
     p.add_argument("--context", type=float, default=1.5, help="ROI size as a multiple of the mask's box")
+    p.add_argument("--leak-limit", type=float, default=None,
+                   help="a slice larger than this many times the prompt's area ends the object (a leak into a "
+                   "neighbour; the prompt belongs on the object's largest slice); 0 = off (default: the engine's, 2)")
     p.add_argument("--tta", default=None, help="in-plane test-time averaging, BOX2MASKxPROPMASK orientations "
                    "(1/2/4/8; 8x8 = slowest) or 'off' (default: the engine's, 8x1); the networks see each object in "
                    "the pose its prompt picks, so the result does not depend on the stored axes; a '-stored' "
@@ -68,6 +72,10 @@ def check_options(args) -> None:
         raise InputError(f"--thickness-mm must be within (0, 200], got {args.thickness_mm}")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
+    if args.leak_limit is not None:
+        from .propagation import check_leak_limit
+
+        check_leak_limit(args.leak_limit, "--leak-limit")
     if args.tta:
         from .tta import parse_tta
 
@@ -165,7 +173,10 @@ def segment_options(args):
     from .tta import TestTimeAugmentation, parse_tta
 
     tta = parse_tta(args.tta) if args.tta else TestTimeAugmentation()
-    return SegmentOptions(propagation=PropagationOptions(thickness_mm=args.thickness_mm, context=args.context), tta=tta)
+    propagation = PropagationOptions(thickness_mm=args.thickness_mm, context=args.context)
+    if args.leak_limit is not None:
+        propagation = replace(propagation, max_area_ratio=args.leak_limit)
+    return SegmentOptions(propagation=propagation, tta=tta)
 
 
 def run_segment(args) -> int:

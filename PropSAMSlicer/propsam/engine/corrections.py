@@ -257,7 +257,8 @@ def _correct_in_view(segmenter, moved, spacing, current, prompt_index, prompt_ma
             raise InputError(f"slice {k} of the result is empty: nothing to continue from; paint or box the "
                              "object on it instead")
         window = window_size(options.propagation.thickness_mm, spacing[0], options.propagation.max_window)
-        forced = replace(options.propagation, presence_threshold=0.0, min_area_px=1, min_area_fraction=0.0)
+        forced = replace(options.propagation, presence_threshold=0.0, min_area_px=1, min_area_fraction=0.0,
+                         max_area_ratio=0.0, max_growth=0.0)
         mask = run(k, guide, forced, bounds(k, k + sides[0] * window))
         filled = [t for t in range(depth) if beyond(t) and mask[t].any()]
         if not filled:

@@ -16,11 +16,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..errors import InputError
 from .control import CancelToken, ProgressCallback
 from .device import autocast_for
 from .intensity import apply_window, window_from_values
 from .roi import crop_to_model, paste_from_model, roi_grid, slice_extent, square_roi
 from .tta import mean_over, mean_turned_back, stack_turned
+
+
+GROWTH_FLOOR_PX = 16  # max_growth judges a slice against at least this many pixels
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,19 @@ class PropagationOptions:
     min_area_px: int = 3  # ... but at least this many pixels
     presence_threshold: float = 0.5
     stop_patience: int = 1  # a side stops after this many failing slices in a row (2: look past one dip)
-    max_area_ratio: float = 0.0  # a slice larger than this x the prompt's fails (a leak into a neighbour); 0: off
+    # a slice larger than this x the prompt's (or the guide's, if larger) fails: a leak into a
+    # neighbour, since the prompt is drawn on the object's largest slice; 0: off. 2 was chosen on
+    # tuning objects, never the evaluation set (results/stop_rule_tuning_real_v2.md)
+    max_area_ratio: float = 2.0
+    max_growth: float = 0.0  # a slice larger than this x the slice before it fails (a jump into a neighbour); 0: off
     keep_connected: bool = True
     prompt_memory: bool = True  # show the prompt slice to a PropMask built with a memory (off: ablation)
+
+
+def check_leak_limit(value: float | None, what: str = "leak limit") -> None:
+    """None (the default), 0 (off) or a ratio within (1, 100]; anything else is refused."""
+    if value is not None and value != 0 and not 1.0 < value <= 100:
+        raise InputError(f"{what} must be 0 (off) or within (1, 100], got {value}")
 
 
 @dataclass
@@ -91,7 +105,8 @@ def propagate(
     ref_index, ref_mask = reference if reference is not None else (guide_index, guide_mask)
     lo, hi = window_from_values(volume[ref_index][ref_mask])
     min_area = max(options.min_area_px, options.min_area_fraction * ref_mask.sum())
-    max_area = options.max_area_ratio * ref_mask.sum() if options.max_area_ratio > 0 else math.inf
+    largest = max(int(ref_mask.sum()), int(guide_mask.sum()))  # a correction may be larger than the prompt
+    max_area = options.max_area_ratio * largest if options.max_area_ratio > 0 else math.inf
     radius_mm = math.sqrt(guide_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
     expected_half = max(window, math.ceil(1.2 * radius_mm / spacing_prc[0]))
 
@@ -130,7 +145,7 @@ def propagate(
                 plane = np.zeros(volume.shape[1:], np.float32)
                 plane[r0:r1, c0:c1] = pasted[j]
                 planes.append(plane)
-            accepted, ended, judged = _judge(planes, present[: len(targets)], min_area, max_area, options)
+            accepted, ended, judged = _judge(planes, present[: len(targets)], min_area, max_area, options, int(side.mask.sum()))
             for t, p in zip(targets[:judged], present[:judged]):
                 stats.presence[t] = min(stats.presence.get(t, 1.0), float(p))
             for t, plane in zip(targets, planes[:accepted]):
@@ -166,25 +181,30 @@ def propagate(
     return result, stats
 
 
-def _judge(planes, presence, min_area: float, max_area: float, options: PropagationOptions) -> tuple[int, bool, int]:
+def _judge(planes, presence, min_area: float, max_area: float, options: PropagationOptions,
+           guide_area: int = 0) -> tuple[int, bool, int]:
     """How many of a window's slices to accept, whether the object has ended, and how many
     slices were looked at (up to and including the one that ended it).
 
     A slice fails when the presence output says the object is absent, or its area is below the
-    minimum or above the leak limit. The object ends after `stop_patience` failures in a row; a
-    shorter run of failures followed by a passing slice is a dip (a small lesion fading for a
-    slice) and is accepted with its neighbours. A window that ends on pending failures hands the
-    last passing slice on as guide, so the failures are looked at again from there.
+    minimum or above the leak limit, or (with max_growth) it outgrows the last passing slice (the
+    guide to begin with) by more than that factor; growth is judged against at least
+    GROWTH_FLOOR_PX, so a tiny lesion's few pixels may double. The object ends after
+    `stop_patience` failures in a row; a shorter run of failures followed by a passing slice is a
+    dip (a small lesion fading for a slice) and is accepted with its neighbours. A window that
+    ends on pending failures hands the last passing slice on as guide, so the failures are looked
+    at again from there.
     """
-    accepted, run = 0, 0
+    accepted, run, last_area = 0, 0, guide_area
     for j, plane in enumerate(planes):
         area = int((plane > 0.5).sum())
-        if presence[j] < options.presence_threshold or area < min_area or area > max_area:
+        jump = options.max_growth > 0 and area > options.max_growth * max(last_area, GROWTH_FLOOR_PX)
+        if presence[j] < options.presence_threshold or area < min_area or area > max_area or jump:
             run += 1
             if run >= options.stop_patience:
                 return accepted, True, j + 1
         else:
-            run, accepted = 0, j + 1
+            run, accepted, last_area = 0, j + 1, area
     return accepted, accepted == 0, len(planes)
 
 
