@@ -425,8 +425,12 @@ def test_cli_merges_results_files_into_one_report(segmenter, tmp_path, capsys):
                  "--from-results", str(tmp_path / "b" / "results.csv")]) == 0
     summary = (out / "summary.md").read_text()
     for text in ("| propsam-box | default | 1 |", "| propsam-mask | default | 1 |", "### In-plane orientations",
-                 "| propsam-mask | 1 |"):
+                 "| propsam-mask | 1 |", "#### Prompt-slice 2D Dice per modality"):
         assert text in summary, text
+    box_rows = [r for r in csv.DictReader(open(tmp_path / "b" / "results.csv")) if r["setting"] == "default"]
+    per_modality = summary[summary.index("#### Prompt-slice 2D Dice per modality"):].splitlines()
+    assert per_modality[2].startswith("| model / method | CT (n=1) |")  # box prompts only: the mask row is left out
+    assert per_modality[4].startswith(f"| propsam-box | {float(box_rows[0]['prompt_dice']):.3f} [") and len(per_modality) >= 5
     a = (tmp_path / "a" / "summary.md").read_text()
     table = lambda text: text[text.index("### In-plane orientations"):]  # noqa: E731
     assert table(summary) == table(a)  # read back with the types it was written with

@@ -61,13 +61,13 @@ def size_class(slices: int) -> str:
     return next(name for name, lo, hi in SIZE_CLASSES if lo <= slices <= hi)
 
 
-def _grouped_table(rows: list[dict], labels: list[str], title: str, key, groups: list[str]) -> list[str]:
+def _grouped_table(rows: list[dict], labels: list[str], title: str, key, groups: list[str], value="dice") -> list[str]:
     out = [f"#### {title}", "", "| model / method | " + " | ".join(f"{g} (n={sum(1 for r in rows if key(r) == g and r['label'] == labels[0])})"
                                                        for g in groups) + " |",
            "|---|" + "---|" * len(groups)]
     for label in labels:
         mine = [r for r in rows if r["label"] == label]
-        out.append(f"| {label} | " + " | ".join(mean_ci([r["dice"] for r in mine if key(r) == g]) for g in groups) + " |")
+        out.append(f"| {label} | " + " | ".join(mean_ci([float(r[value]) for r in mine if key(r) == g]) for g in groups) + " |")
     return out + [""]
 
 
@@ -109,6 +109,11 @@ def report_markdown(rows: list[dict]) -> str:
     out += _grouped_table(used, labels, "Dice per kind (failure-mode group: touching = similar-intensity neighbours, "
                           "nested = the box also frames another structure, thin, lesion, organ)",
                           lambda r: r["kind"] or "?", kinds)
+    boxed = [r for r in used if "box" in r["method"] and r.get("prompt_dice") not in ("", None)]
+    if boxed:  # Box2Mask's own step: a mask prompt is the guide itself
+        out += _grouped_table(boxed, list(dict.fromkeys(r["label"] for r in boxed)),
+                              "Prompt-slice 2D Dice per modality (box prompts: Box2Mask's mask on the prompt slice)",
+                              lambda r: r["modality"] or "?", sorted({r["modality"] or "?" for r in boxed}), value="prompt_dice")
     out += paired_differences(used)
     orient = orientation_markdown(rows)
     return "\n".join(out) + ("\n" + orient if orient else "")
