@@ -92,7 +92,7 @@ VARIANTS = {
 }
 
 
-def run(model: str, objects, variants: dict, memory: bool) -> list[dict]:
+def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box")) -> list[dict]:
     seg = Segmenter.load(model, "cpu")
     rows = []
     for (name, volume, truth), (label, kw) in itertools.product(objects, variants.items()):
@@ -100,14 +100,16 @@ def run(model: str, objects, variants: dict, memory: bool) -> list[dict]:
         plane = truth[k] > 0
         r0, c0, r1, c1 = mask_bbox(plane)
         first, last = slice_extent(truth, axis=0)
-        for prompt_kind, prompt in (("mask", MaskPrompt(k, plane)), ("box", BoxPrompt(k, (c0, r0, max(c1, c0 + 1), max(r1, r0 + 1))))):
+        made = {"mask": MaskPrompt(k, plane), "box": BoxPrompt(k, (c0, r0, max(c1, c0 + 1), max(r1, r0 + 1)))}
+        for prompt_kind, prompt in ((kind, made[kind]) for kind in prompts):
             options = SegmentOptions(propagation=replace(SegmentOptions().propagation, prompt_memory=memory, **kw))
             start = time.perf_counter()
             result = seg.segment(volume, prompt, options)
             p_first, p_last = result.stats.extent
             rows.append({"variant": label, "prompt": prompt_kind, "object": name, "group": name.split(":")[0],
                          "dice": dice(result.mask, truth), "end_err": max(abs(p_first - first), abs(p_last - last)),
-                         "short": int(p_first > first) + int(p_last < last), "seconds": time.perf_counter() - start})
+                         "short": int(p_first > first) + int(p_last < last), "seconds": time.perf_counter() - start,
+                         "prompt_dice": dice(result.prompt_mask, plane)})
             print(f"{label} | {prompt_kind} | {name} | {rows[-1]['dice']:.3f}", file=sys.stderr, flush=True)
     return rows
 
@@ -119,10 +121,11 @@ def table(rows: list[dict], title: str) -> str:
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     lines = [f"### {title}", "",
              "| variant | prompt | n | mean Dice | " + " | ".join(f"{g} (n)" for g in groups)
-             + f" | − {variants[0]} [95 %] | median worst-end error (slices) | p90 worst-end error | ends stopped short |",
-             "|---|---|---|---|" + "---|" * len(groups) + "---|---|---|---|"]
+             + f" | − {variants[0]} [95 %] | median worst-end error (slices) | p90 worst-end error | ends stopped short "
+             "| prompt-slice 2D Dice |",
+             "|---|---|---|---|" + "---|" * len(groups) + "---|---|---|---|---|"]
     for variant in variants:
-        for prompt in ("mask", "box"):
+        for prompt in dict.fromkeys(r["prompt"] for r in rows):
             sel = [r for r in rows if r["variant"] == variant and r["prompt"] == prompt]
             base = {r["object"]: r["dice"] for r in rows if r["variant"] == variants[0] and r["prompt"] == prompt}
             diffs = [r["dice"] - base[r["object"]] for r in sel]
@@ -134,7 +137,8 @@ def table(rows: list[dict], title: str) -> str:
                 per_group.append(f"{np.mean(values):.3f} ({len(values)})")
             lines.append(f"| {variant} | {prompt} | {len(sel)} | {np.mean([r['dice'] for r in sel]):.3f} | "
                          + " | ".join(per_group) + f" | {np.mean(diffs):+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                         f"{np.median(err):.0f} | {np.percentile(err, 90):.0f} | {sum(r['short'] for r in sel)} of {2 * len(sel)} |")
+                         f"{np.median(err):.0f} | {np.percentile(err, 90):.0f} | {sum(r['short'] for r in sel)} of {2 * len(sel)} | "
+                         f"{np.mean([r['prompt_dice'] for r in sel]):.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--objects", type=int, default=40)
     parser.add_argument("--real", type=int, default=0, help="also this many real objects of the training split")
     parser.add_argument("--variants", help="variant names separated by ';' (default: all)")
+    parser.add_argument("--prompts", default="mask,box", help="which prompts: mask, box or both (a Box2Mask comparison needs box only)")
     parser.add_argument("--memory-ablation", action="store_true", help="also run every variant with the memory off")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
@@ -158,9 +163,12 @@ def main(argv=None) -> int:
     objects = made + real
     text = (f"Tuning objects: {len(objects)} ({len(made)} synthetic from training label maps and phantoms, "
             f"{len(real)} real of the training split; no evaluation subject)\n\n")
-    text += table(run(args.model, objects, variants, memory=True), f"{args.model}: stop-rule variants, prompt memory on")
+    prompts = [p.strip() for p in args.prompts.split(",")]
+    if not prompts or set(prompts) - {"mask", "box"}:
+        parser.error(f"--prompts takes mask, box or both, got {args.prompts!r}")
+    text += table(run(args.model, objects, variants, True, prompts), f"{args.model}: stop-rule variants, prompt memory on")
     if args.memory_ablation:
-        text += "\n" + table(run(args.model, objects, variants, memory=False), f"{args.model}: prompt memory off")
+        text += "\n" + table(run(args.model, objects, variants, False, prompts), f"{args.model}: prompt memory off")
     print(text)
     if args.out:
         Path(args.out).write_text(text)

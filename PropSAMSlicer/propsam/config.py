@@ -33,6 +33,7 @@ class NetworkConfig:
     position_head: bool = False  # SRPP (SAM2-3dMed): signed slice offset from the guide
     prompt_memory: bool = False  # PropMask also attends to the user's prompt slice (image + mask)
     memory_slices: int = 1  # with prompt_memory: the prompt plus the side's (memory_slices - 1) previous guides
+    mask_candidates: int = 1  # Box2Mask: > 1 adds that many - 1 alternative masks and a quality score for each
 
     @property
     def channels(self) -> list[int]:
@@ -45,6 +46,8 @@ class NetworkConfig:
             raise InputError(f"image_size {self.image_size} must be divisible by 2**{self.stages - 1}")
         if self.network == "propmask" and not 1 <= self.attention_stages <= self.stages:
             raise InputError(f"attention_stages must be within 1..{self.stages}")
+        if self.mask_candidates < 1:
+            raise InputError(f"mask_candidates must be at least 1, got {self.mask_candidates}")
         if self.memory_slices < 1:
             raise InputError(f"memory_slices must be at least 1 (the prompt slice), got {self.memory_slices}")
         return self

@@ -22,7 +22,7 @@ from ..errors import InputError
 from .device import autocast_for
 from .intensity import apply_window, window_from_values
 from .roi import box_roi, crop_to_model, paste_from_model, roi_grid
-from .tta import mean_turned_back, stack_turned
+from .tta import mean_over, mean_turned_back, stack_turned
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,12 @@ def _predict(net, plane: np.ndarray, roi, windows, size: int, device, orientatio
     raw = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))
     x = torch.stack([crop_to_model(apply_window(raw[None], lo, hi), grid)[0] for lo, hi in windows])[:, None]
     with torch.inference_mode(), autocast_for(device):
-        logits = net(stack_turned(x, orientations).to(device))["masks"][0].float()
-        prob = mean_turned_back(torch.sigmoid(logits), orientations).mean(0)
+        found = net(stack_turned(x, orientations).to(device))
+        logits = found["candidates"] if "candidates" in found else found["masks"][0]  # (N, candidates, S, S)
+        prob = mean_turned_back(torch.sigmoid(logits.float()), orientations).mean(0)
+        if "candidates" in found:  # the candidate whose quality, averaged over windows and turns, is highest
+            best = int(mean_over(torch.sigmoid(found["quality"].float()), orientations).mean(0).argmax())
+            prob = prob[best : best + 1]
     pasted, (r0, r1, c0, c1) = paste_from_model(prob, roi, plane.shape)
     out = np.zeros(plane.shape, np.float32)
     out[r0:r1, c0:c1] = pasted[0]

@@ -54,4 +54,25 @@ def propmask_loss(out: dict, batch: dict, bce: bool = True) -> dict[str, torch.T
 
 
 def box2mask_loss(out: dict, batch: dict, bce: bool = True) -> dict[str, torch.Tensor]:
-    return {"mask": deep_supervision_loss(out["masks"], batch["target"], bce)}
+    losses = {"mask": deep_supervision_loss(out["masks"], batch["target"], bce)}
+    if "candidates" in out:
+        losses.update(candidate_losses(out["candidates"], out["quality"], batch["target"]))
+    return losses
+
+
+def candidate_losses(candidates: torch.Tensor, quality: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """candidates (B, C, S, S) logits, the main mask first; quality (B, C) logits; target (B, 1, S, S).
+
+    Only the best alternative of each sample learns its mask (as segment-anything's multimask
+    loss), so the alternatives are free to take the other readings of an ambiguous box; the
+    main mask keeps its own deep-supervised loss. Quality learns every candidate's hard Dice."""
+    prob = torch.sigmoid(candidates)
+    flat_t = target.flatten(2)  # (B, 1, N)
+    inter = (prob.flatten(2) * flat_t).sum(2)
+    soft = 1 - (2 * inter + 1) / (prob.flatten(2).sum(2) + flat_t.sum(2) + 1)  # (B, C)
+    bce = F.binary_cross_entropy_with_logits(candidates, target.expand_as(candidates), reduction="none").mean((2, 3))
+    per = (soft + bce)[:, 1:]
+    alternatives = per.min(1).values.mean()
+    hard = (candidates > 0).float().flatten(2)
+    dice = (2 * (hard * flat_t).sum(2) + 1) / (hard.sum(2) + flat_t.sum(2) + 1)
+    return {"alternatives": alternatives, "quality": F.mse_loss(torch.sigmoid(quality), dice.detach())}

@@ -139,10 +139,11 @@ class Trainer:
         return self.out / CHECKPOINT_FILENAME
 
     def _warm_start(self, path: Path) -> None:
-        """Load a weights file's tensors; only parts the file cannot have (the prompt memory) stay new."""
+        """Load a weights file's tensors; only parts the file cannot have (the prompt memory, the
+        mask candidates) stay new."""
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         missing, unexpected = self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        new_parts = [k for k in missing if not k.startswith("memory_attention.")]
+        new_parts = [k for k in missing if not k.startswith(("memory_attention.", "alternatives.", "quality."))]
         if new_parts or unexpected:
             raise RuntimeError(f"{path} does not fit this network: missing {new_parts[:3]}, unexpected {unexpected[:3]}")
         self.log({"warm_start": str(path), "new_tensors": len(missing)})
