@@ -66,3 +66,24 @@ def test_the_leak_limit_stops_at_a_neighbour_of_the_same_intensity(leak_limit):
         assert not mask[16:].any() and stats.extent == (4, 15)  # stopped where the slab begins
     else:
         assert mask[16:].sum() > 2 * disk[16:].sum()  # without the limit it runs on into the slab
+
+
+def test_a_correction_larger_than_the_prompt_is_not_cut_by_the_leak_limit():
+    """The limit is against the larger of the prompt and the guide: re-propagating from a painted
+    slice six times the prompt's area (a correction) still runs on."""
+    import torch
+    from engine_doubles import ThresholdPropMask
+
+    from propsam.engine.propagation import propagate
+
+    z, y, x = np.mgrid[:24, :64, :64]
+    radius = np.where(z < 10, 4, 10)
+    obj = ((y - 32) ** 2 + (x - 32) ** 2 <= radius**2) & (z >= 2) & (z <= 21)
+    volume = np.where(obj, 100.0, 0.0).astype(np.float32)
+    options = PropagationOptions(thickness_mm=2.0)
+    device = torch.device("cpu")
+    first, _ = propagate(ThresholdPropMask(), 32, volume, (1.0, 1.0, 1.0), 5, obj[5], device, options)
+    assert first[2:10].any(axis=(1, 2)).all() and not first[10:].any()  # the prompt's run stops where it grows 6x
+    corrected, stats = propagate(ThresholdPropMask(), 32, volume, (1.0, 1.0, 1.0), 12, obj[12], device, options,
+                                 bounds=(12, 23), reference=(5, obj[5]))
+    assert corrected[12:22].any(axis=(1, 2)).all() and stats.extent == (12, 21)
