@@ -158,6 +158,22 @@ def test_continue_passes_a_stop_the_network_insists_on(sphere):
     assert slice_confidence(fixed.mask, 0, fixed.stats.presence, fixed.stats.agreement).suspects(1)[0] in range(p + 1, p + 17)
 
 
+def test_continue_passes_the_leak_limit():
+    """The object widens 6x past slice 9, so a run from the narrow part stops there (the leak
+    limit); 'continue' says the object goes on, and its window is not judged by the limit."""
+    z, y, x = np.mgrid[:24, :64, :64]
+    radius = np.where(z < 10, 4, 10)
+    truth = (((y - 32) ** 2 + (x - 32) ** 2 <= radius**2) & (z >= 2) & (z <= 21)).astype(np.uint8)
+    volume = Volume(np.where(truth > 0, 100.0, 0.0).astype(np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    segmenter = Segmenter(named_config("lite"), {"box2mask": ThresholdBox2Mask(), "propmask": ThresholdPropMask()},
+                          torch.device("cpu"))
+    run = segmenter.segment(volume, MaskPrompt(5, truth[5] > 0))
+    assert slice_extent(run.mask) == (2, 9)
+    fixed = apply_correction(segmenter, volume, run, Correction("continue", 9, direction=1))
+    assert slice_extent(fixed.mask) == (2, 21) and fixed.mask[10:22].any(axis=(1, 2)).all()
+    assert (fixed.mask & (1 - truth)).sum() < 0.05 * fixed.mask.sum()  # the object's own voxels
+
+
 class AbsentPropMask(ThresholdPropMask):
     def forward(self, guide_image, guide_mask, adjacent):
         out = super().forward(guide_image, guide_mask, adjacent)
