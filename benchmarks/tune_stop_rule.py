@@ -44,7 +44,8 @@ def tuning_objects(count: int, seed: int = 0):
     maps = load_label_maps(default_data_dir(), MAPS)
     out, n = [], 0
     while len(out) < count:
-        source = synthetic_source(maps, 700_000 + n) if n % 2 == 0 else phantom_source(800_000 + n, 1.0)
+        synthetic = n % 2 == 0
+        source = synthetic_source(maps, 700_000 + n) if synthetic else phantom_source(800_000 + n, 1.0)
         n += 1
         objects = [o for o in source.objects if o.bbox[0].stop - o.bbox[0].start >= 3]
         if not objects:
@@ -52,7 +53,7 @@ def tuning_objects(count: int, seed: int = 0):
         obj = objects[int(rng.integers(len(objects)))]
         spacing_xyz = tuple(float(s) for s in source.spacing_zyx[::-1])
         volume = Volume(source.image, spacing_xyz, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-        group = "synthetic" if n % 2 == 1 else "phantom"  # n was advanced past this source
+        group = "synthetic" if synthetic else "phantom"
         out.append((f"{group}:{source.id}/{obj.name}", volume, obj.full_mask(source.image.shape).astype(np.uint8)))
     return out
 

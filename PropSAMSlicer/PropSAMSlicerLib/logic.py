@@ -9,7 +9,7 @@ a worker thread. So a cancelled or failed run leaves the scene exactly as it was
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -61,10 +61,9 @@ class SegmentRequest:
 
     def propagation_options(self):
         """The engine's propagation options for this request (runs and corrections alike)."""
-        from propsam.engine.propagation import PropagationOptions
+        from propsam.engine.propagation import user_options
 
-        options = PropagationOptions(thickness_mm=self.thickness_mm, context=self.context)
-        return options if self.leak_limit is None else replace(options, max_area_ratio=self.leak_limit)
+        return user_options(self.thickness_mm, self.context, self.leak_limit)
 
 
 def write_policy(allow_overlap: bool) -> str:

@@ -10,7 +10,6 @@ so `propsam --help` and argument errors stay fast.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -167,16 +166,13 @@ class ProgressLine:
 
 
 def segment_options(args):
-    from .propagation import PropagationOptions
+    from .propagation import user_options
     from .segmenter import SegmentOptions
 
     from .tta import TestTimeAugmentation, parse_tta
 
     tta = parse_tta(args.tta) if args.tta else TestTimeAugmentation()
-    propagation = PropagationOptions(thickness_mm=args.thickness_mm, context=args.context)
-    if args.leak_limit is not None:
-        propagation = replace(propagation, max_area_ratio=args.leak_limit)
-    return SegmentOptions(propagation=propagation, tta=tta)
+    return SegmentOptions(propagation=user_options(args.thickness_mm, args.context, args.leak_limit), tta=tta)
 
 
 def run_segment(args) -> int:

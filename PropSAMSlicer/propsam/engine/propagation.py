@@ -10,7 +10,7 @@ area passes the minimum; a side stops at the volume edge or a bound, or when the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -49,6 +49,12 @@ def check_leak_limit(value: float | None, what: str = "leak limit") -> None:
     """None (the default), 0 (off) or a ratio within (1, 100]; anything else is refused."""
     if value is not None and value != 0 and not 1.0 < value <= 100:
         raise InputError(f"{what} must be 0 (off) or within (1, 100], got {value}")
+
+
+def user_options(thickness_mm: float, context: float, leak_limit: float | None = None) -> PropagationOptions:
+    """The options a user sets (the CLI, the Slicer panel); leak_limit None keeps the default."""
+    options = PropagationOptions(thickness_mm=thickness_mm, context=context)
+    return options if leak_limit is None else replace(options, max_area_ratio=leak_limit)
 
 
 @dataclass
@@ -228,7 +234,7 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
         adjacent.append(x[1:, None])
         rois.append(roi)
         if memory is not None:
-            held = ([memory] + side.earlier[: memory_slices - 1] + [memory] * memory_slices)[:memory_slices]
+            held = ([memory] + side.earlier + [memory] * memory_slices)[:memory_slices]  # earlier: at most M - 1
             mem_planes = np.stack([volume[index] for index, _ in held]).astype(np.float32)
             mem_images.append(crop_to_model(apply_window(torch.from_numpy(mem_planes), lo, hi), grid))
             mem_masks.append((crop_to_model(torch.from_numpy(np.stack([m for _, m in held]).astype(np.float32)), grid) > 0.5).float())
