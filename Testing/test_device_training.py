@@ -215,3 +215,19 @@ def test_pack_data_refuses_to_overwrite_and_checks_its_recipe(tmp_path):
     assert main(["pack-data", "--out", str(existing)]) == 2 and existing.read_bytes() == b"user data"
     assert main(["pack-data", "--out", str(tmp_path / "new.npz"), "--recipe", str(tmp_path / "none.json")]) == 2
     assert not (tmp_path / "new.npz").exists()
+
+
+def test_device_sampler_takes_the_recipes_lesion_settings(pack, tmp_path):
+    """lesion_kinds and lesion_share are read from the recipe's top level, as the CPU sampler reads
+    them; the same keys under device_sampler.synthesis would be a second, silent way: refused."""
+    from propsam.training.device_data import DeviceSampler
+    from propsam.training.train import TrainConfig
+
+    common = dict(out_dir=str(tmp_path), network="propmask", sampler="device", pack=str(pack), synthesis_maps=["a"],
+                  device_sampler={"synthesis": {"volumes": 2, "groups": 1, "max_crop": [16, 32, 32]}})
+    cfg = TrainConfig(**common, lesion_kinds=["stack", "tapering"], lesion_share=1.0)
+    sampler = DeviceSampler(cfg, torch.device("cpu"), TaskOptions(image_size=32, adjacent=2))
+    assert sampler.synth.options.lesion_kinds == ("stack", "tapering") and sampler.synth.options.lesion_share == 1.0
+    nested = TrainConfig(**{**common, "device_sampler": {"synthesis": {"volumes": 2, "lesion_share": 0.5}}})
+    with pytest.raises(ValueError, match="top level"):
+        DeviceSampler(nested, torch.device("cpu"), TaskOptions(image_size=32, adjacent=2))

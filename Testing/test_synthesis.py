@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from propsam.config import named_config
 from propsam.modeling import build_network
@@ -63,6 +64,95 @@ def test_planted_lesion_chains_touch_and_are_split_in_the_truth():
             if (grown & (labels == a + 1)).any():
                 found_chain = True
     assert found_chain
+
+
+def _axis_extents(labels, value):
+    box = ndimage.find_objects((labels == value).astype(np.int8))[0]
+    return np.array([b.stop - b.start for b in box])
+
+
+def _plant_on_cpu(image, seed, kinds):
+    return plant_lesions(image, (1.0, 1.0, 1.0), np.random.default_rng(seed), kinds=kinds)
+
+
+def _plant_on_device(image, seed, kinds):
+    from propsam.training.device_synth import plant_lesions as plant_in_torch
+
+    out, labels = plant_in_torch(torch.from_numpy(image), (1.0, 1.0, 1.0), torch.Generator().manual_seed(seed), kinds)
+    return out.numpy(), labels.numpy()
+
+
+PLANTERS = pytest.mark.parametrize("plant", [_plant_on_cpu, _plant_on_device], ids=["numpy", "torch"])
+
+
+@PLANTERS
+def test_tapering_lesions_thin_and_fade_towards_their_tails(plant):
+    """The last slices along a tapering lesion's long axis are smaller and fainter than its middle,
+    and are still labelled as the lesion."""
+    image = np.zeros((48, 64, 64), np.float32)
+    image[0, 0, 0], image[-1, -1, -1] = -1.0, 1.0  # a spread for the contrast, no texture to blur the reading
+    ratios = []
+    for seed in range(8):
+        out, labels = plant(image, seed, ("tapering",))
+        for value in range(1, int(labels.max()) + 1):
+            extents = _axis_extents(labels, value)
+            axis = int(extents.argmax())
+            if extents[axis] < 2 * np.sort(extents)[1] * 1.2:  # touching the border or too round to read
+                continue
+            mask = np.moveaxis(labels == value, axis, 0)
+            signal = np.abs(np.moveaxis(out - image, axis, 0))
+            present = np.flatnonzero(mask.any((1, 2)))
+            mid, tail = present[len(present) // 2], present[[0, -1]]
+            area = mask.sum((1, 2))
+            assert (area[tail] < 0.5 * area[mid]).all()
+            ratios += [signal[i][mask[i]].max() / signal[mid][mask[mid]].max() for i in tail]
+    assert len(ratios) >= 6 and min(ratios) > 0
+    assert np.mean(ratios) < 0.33  # the soft edge alone leaves about 0.45 at the tips: the contrast fades
+
+
+@PLANTERS
+def test_stacked_objects_are_alike_and_parted_by_discs(plant):
+    """A stack's objects have one size and one intensity; consecutive ones never touch; a disc
+    (its own label) touches both."""
+    image = np.zeros((64, 64, 64), np.float32)
+    image[0, 0, 0], image[-1, -1, -1] = -1.0, 1.0
+    stacks = 0
+    for seed in range(6):
+        out, labels = plant(image, seed, ("stack",))
+        sizes = np.bincount(labels.ravel())[1:]
+        touching = {tuple(sorted(p)) for p in _touching_label_pairs(labels)}
+        big = [v for v in range(1, len(sizes) + 1) if sizes[v - 1] >= 0.6 * sizes.max()]
+        for a, b in zip(big, big[1:]):
+            if b != a + 1:
+                continue
+            assert (a, b) not in touching  # never face to face: a disc lies between
+            assert any((a, d) in touching and (b, d) in touching for d in range(1, len(sizes) + 1) if d not in big)
+            stacks += 1
+    assert stacks >= 3
+
+
+def _touching_label_pairs(labels):
+    pairs = set()
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)
+        lo, hi = a[:-1], a[1:]
+        hit = (lo != hi) & (lo > 0) & (hi > 0)
+        pairs |= set(zip(lo[hit].tolist(), hi[hit].tolist()))
+    return pairs
+
+
+def test_unknown_lesion_kinds_are_refused_and_kinds_reach_the_pool():
+    image = np.zeros((16, 32, 32), np.float32)
+    for plant in (_plant_on_cpu, _plant_on_device):
+        with pytest.raises(ValueError, match="lesion kinds"):
+            plant(image, 0, ("comet",))
+    maps = [block_map()]
+    planted = SynthPool(maps, 4, first_seed=10, weight=1.0, lesion_kinds=("stack",), lesion_share=1.0)
+    plain = SynthPool(maps, 4, first_seed=10, weight=1.0, lesion_share=1.0)
+    assert all(s.modality == "MR" for s in planted.sources)
+    assert any(not np.array_equal(a.image, b.image) for a, b in zip(planted.sources, plain.sources))
+    again = SynthPool(maps, 4, first_seed=10, weight=1.0, state=planted.state(), lesion_kinds=("stack",), lesion_share=1.0)
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(again.sources, planted.sources))
 
 
 def test_synth_pool_state_rebuilds_the_same_pool():

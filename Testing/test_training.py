@@ -127,3 +127,16 @@ def test_bundle_reads_steps_from_the_log_when_no_checkpoint_came_back(tmp_path):
     assert _run_summary(weights) == {}
     (tmp_path / "back" / "propmask.log").write_text("warming up\n" + (tmp_path / "pm" / "log.jsonl").read_text())
     assert _run_summary(weights) == {"steps_done": 2, "tasks_seen": 2, "from_log": "propmask.log"}
+
+
+def test_every_recipe_is_a_valid_training_configuration():
+    """Recipes are data: a misspelt key or an unknown lesion kind fails here, not an hour into a run."""
+    from propsam.training.synthesis import LESION_KINDS
+    from propsam.training.train import TrainConfig
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "PropSAMSlicer/propsam/training/recipes").rglob("*.json"))
+    assert len(recipes) >= 10
+    for path in recipes:
+        cfg = TrainConfig.from_file(path)
+        cfg.network_config()
+        assert set(cfg.lesion_kinds) <= set(LESION_KINDS) and 0 <= cfg.lesion_share <= 1, path.name

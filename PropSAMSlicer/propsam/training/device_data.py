@@ -336,7 +336,10 @@ class DeviceSampler:
         maps = [v for v in volumes if v.id in wanted]
         self.synth = None
         if maps and cfg.synth_pool:
-            synth_options = SynthOptions(**settings.get("synthesis", {}))
+            synthesis = dict(settings.get("synthesis", {}))
+            if {"lesion_share", "lesion_kinds"} & set(synthesis):
+                raise ValueError("set lesion_share and lesion_kinds at the recipe's top level, not in device_sampler.synthesis")
+            synth_options = SynthOptions(**synthesis, lesion_share=cfg.lesion_share, lesion_kinds=tuple(cfg.lesion_kinds))
             self.synth = SynthPoolGPU(maps, device, synth_options, total_weight=cfg.synth_pool * cfg.synth_weight)
         self.refresh_every = int(settings.get("synth_refresh_every", 25))
         self.gen = torch.Generator(device=device)

@@ -32,7 +32,8 @@ class SynthOptions:
     volumes: int = 16  # synthetic volumes per group; a refresh rebuilds one group
     groups: int = 4
     max_crop: tuple = MAX_CROP  # (Z, Y, X) voxels at most per crop
-    lesion_share: float = 0.25
+    lesion_share: float = 0.25  # set by the recipe's top-level lesion_share
+    lesion_kinds: tuple = ("blob",)  # set by the recipe's top-level lesion_kinds (synthesis.LESION_KINDS)
     unions: int = 3
 
 
@@ -149,8 +150,82 @@ def synthesize_image(labels: torch.Tensor, spacing_zyx, style: str, gen):
     return image, labels, (spacing_z, spacing_zyx[1], spacing_zyx[2]), pairs
 
 
-def plant_lesions(image: torch.Tensor, spacing_zyx, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """synthesis.plant_lesions in torch: single lesions or chains of 2-4 touching ones, one label each."""
+def _paint(out, labels, dist, level, gen):
+    """synthesis._paint: a new label for the free voxels inside `dist < 1`, `level` added with a soft edge."""
+    blob = (dist < 1) & (labels == 0)
+    if int(blob.sum()) < MIN_OBJECT_VOXELS:
+        return out
+    labels[blob] = int(labels.max()) + 1
+    edge = (1.5 - dist).clamp(0, 1)  # soft edge: partial volume
+    return out + level * edge * (1 + 0.1 * smooth_noise(gen, out.shape, 1.5, out.device))
+
+
+def _term(grid, axis: int, values) -> torch.Tensor:
+    """A per-axis term (1-D over `axis`) shaped to broadcast over the volume."""
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return values(grid[axis]).view(shape)
+
+
+def _sign(gen, device) -> int:
+    return 1 if float(torch.rand(1, generator=gen, device=device)) < 0.5 else -1
+
+
+def _plant_tapering(out, labels, grid, extent, spread, gen):
+    """synthesis._plant_tapering: a small drawn-out lesion whose tails thin to a point and fade."""
+    device = out.device
+    centre = extent * _u(gen, 0.25, 0.75, device, (3,))
+    axis = _randint(gen, 0, 3, device)
+    radii = float(_u(gen, 2.5, 6.0, device)) * _u(gen, 0.8, 1.2, device, (3,))
+    radii[axis] *= float(_u(gen, 1.5, 3.0, device))
+    pointed = float(_u(gen, 1.0, 2.0, device))
+    along = _term(grid, axis, lambda g: (g - centre[axis]).abs() / radii[axis])
+    dist = along ** pointed
+    for i in range(3):
+        if i != axis:
+            dist = dist + _term(grid, i, lambda g, i=i: ((g - centre[i]) / radii[i]) ** 2)
+    fade = 1 - float(_u(gen, 0.3, 0.7, device)) * along.clamp(0, 1) ** 2
+    level = _sign(gen, device) * float(_u(gen, 0.3, 0.7, device)) * spread * fade
+    return _paint(out, labels, dist, level, gen)
+
+
+def _plant_stack(out, labels, grid, extent, spread, gen):
+    """synthesis._plant_stack: same-size objects along an axis, each parted from the next by a thin disc."""
+    device = out.device
+    axis = _randint(gen, 0, 3, device)
+    direction = torch.eye(3, device=device)[axis] + 0.08 * torch.randn(3, generator=gen, device=device)
+    direction = direction / direction.norm()
+    radii = float(_u(gen, 5.0, 0.2 * float(extent[1:].min()) + 5.0, device)) * _u(gen, 0.85, 1.15, device, (3,))
+    radii[axis] *= float(_u(gen, 0.4, 0.9, device))
+    exponent = float(_u(gen, 2.0, 4.0, device))
+    gap = float(_u(gen, 1.0, 2.5, device)) * float(extent[axis]) / out.shape[axis]
+    contrast = _sign(gen, device) * float(_u(gen, 0.2, 0.6, device)) * spread
+    disc_level = contrast * float(_u(gen, -0.3, 0.8, device))
+    count = _randint(gen, 3, 6, device)
+    step = 2 * float(radii[axis]) + gap
+    centre = extent / 2 - direction * step * (count - 1) / 2 + extent * _u(gen, -0.15, 0.15, device, (3,))
+
+    def field(c, r):
+        return sum(_term(grid, i, lambda g, i=i: ((g - c[i]) / r[i]).abs() ** exponent) for i in range(3))
+
+    for i in range(count):
+        r = radii * _u(gen, 0.97, 1.03, device, (3,))
+        level = contrast * (1 + 0.03 * float(torch.randn(1, generator=gen, device=device)))
+        out = _paint(out, labels, field(centre + direction * step * i, r), level, gen)
+    disc = radii * 0.9
+    disc[axis] = radii[axis] * 0.35 + gap
+    for i in range(count - 1):
+        out = _paint(out, labels, field(centre + direction * step * (i + 0.5), disc), disc_level, gen)
+    return out
+
+
+def plant_lesions(image: torch.Tensor, spacing_zyx, gen, kinds: tuple[str, ...] = ("blob",)) -> tuple[torch.Tensor, torch.Tensor]:
+    """synthesis.plant_lesions in torch: 1-2 groups, each one of `kinds` (blob chains, tapering
+    lesions, stacks parted by discs), one label per object."""
+    from .synthesis import LESION_KINDS
+
+    if not kinds or set(kinds) - set(LESION_KINDS):
+        raise ValueError(f"lesion kinds must be among {LESION_KINDS}, got {list(kinds)}")
     device = image.device
     labels = torch.zeros(image.shape, dtype=torch.int16, device=device)
     sample = image.reshape(-1)[:: max(1, image.numel() // 200_000)].float()
@@ -159,25 +234,26 @@ def plant_lesions(image: torch.Tensor, spacing_zyx, gen) -> tuple[torch.Tensor, 
     grid = [torch.arange(n, device=device, dtype=torch.float32) * s for n, s in zip(image.shape, spacing_zyx)]
     extent = torch.tensor(image.shape, device=device, dtype=torch.float32) * spacing
     out = image.clone()
-    count = 0
-    for _chain in range(_randint(gen, 1, 3, device)):
+    for _group in range(_randint(gen, 1, 3, device)):
+        kind = kinds[0] if len(kinds) == 1 else kinds[_randint(gen, 0, len(kinds), device)]
+        if kind == "tapering":
+            out = _plant_tapering(out, labels, grid, extent, spread, gen)
+            continue
+        if kind == "stack":
+            out = _plant_stack(out, labels, grid, extent, spread, gen)
+            continue
         centre = extent * _u(gen, 0.25, 0.75, device, (3,))
         radius = float(_u(gen, 3.0, max(3.0, 0.18 * float(extent[1:].min())), device))
         direction = torch.randn(3, generator=gen, device=device)
         direction = direction / direction.norm()
-        contrast = (1 if float(torch.rand(1, generator=gen, device=device)) < 0.5 else -1) * float(_u(gen, 0.15, 0.6, device)) * spread
+        contrast = _sign(gen, device) * float(_u(gen, 0.15, 0.6, device)) * spread
         for _ in range(_randint(gen, 1, 5, device)):
             r = radius * _u(gen, 0.7, 1.2, device, (3,))
-            dist = (((grid[0] - centre[0]) / r[0]) ** 2)[:, None, None] + (((grid[1] - centre[1]) / r[1]) ** 2)[None, :, None] \
-                + (((grid[2] - centre[2]) / r[2]) ** 2)[None, None, :]
+            dist = sum(_term(grid, i, lambda g, i=i: ((g - centre[i]) / r[i]) ** 2) for i in range(3))
             dist = dist * torch.exp(0.25 * smooth_noise(gen, image.shape, 4.0, device))
-            blob = (dist < 1) & (labels == 0)
-            if int(blob.sum()) >= MIN_OBJECT_VOXELS:
-                count += 1
-                labels[blob] = count
-                edge = (1.5 - dist).clamp(0, 1)  # soft edge: partial volume
+            if int(((dist < 1) & (labels == 0)).sum()) >= MIN_OBJECT_VOXELS:  # the level is drawn only for a blob that lands
                 level = contrast * (1 + 0.2 * float(torch.randn(1, generator=gen, device=device)))
-                out = out + level * edge * (1 + 0.1 * smooth_noise(gen, image.shape, 1.5, device))
+                out = _paint(out, labels, dist, level, gen)
             centre = centre + direction * radius * float(_u(gen, 1.4, 1.9, device))
     return out, labels
 
@@ -214,7 +290,7 @@ class SynthPoolGPU:
     def _volume(self, gen):
         labels, image, spacing = self._crop(gen)
         if float(torch.rand(1, generator=gen, device=self.device)) < self.options.lesion_share:
-            image, labels = plant_lesions(image, spacing, gen)
+            image, labels = plant_lesions(image, spacing, gen, tuple(self.options.lesion_kinds))
             return image, labels, spacing, self._objects(labels, torch.zeros(0, 2, dtype=torch.long, device=self.device), 0)
         style = STYLES[_randint(gen, 0, 3, self.device)]
         image, labels, spacing, pairs = synthesize_image(labels, spacing, style, gen)

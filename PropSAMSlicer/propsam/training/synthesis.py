@@ -137,18 +137,94 @@ def anatomy_objects(labels: np.ndarray, rng: np.random.Generator, unions: int = 
     return found
 
 
-def plant_lesions(image: np.ndarray, spacing_zyx, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Lesion-like blobs in a real image: a single lesion or a chain of 2-4 touching ones.
+LESION_KINDS = ("blob", "tapering", "stack")
 
-    Each blob is its own label (the ground-truth split of a chain). Intensity is the local tissue
-    level plus a contrast of either sign, with a soft edge and some texture.
+
+def _paint(out: np.ndarray, labels: np.ndarray, dist: np.ndarray, level, rng: np.random.Generator) -> bool:
+    """Give the free voxels inside `dist < 1` a new label and add `level` (a number, or a field)
+    with a soft, partial-volume edge and some texture. False when too few voxels were free."""
+    blob = (dist < 1) & (labels == 0)
+    if blob.sum() < MIN_OBJECT_VOXELS:
+        return False
+    labels[blob] = labels.max() + 1
+    edge = np.clip(1.5 - dist, 0, 1)  # soft edge: partial volume
+    out += (level * edge * (1 + 0.1 * smooth_noise(rng, out.shape, sigma=1.5))).astype(np.float32)
+    return True
+
+
+def _axis_direction(rng: np.random.Generator, tilt: float) -> tuple[int, np.ndarray]:
+    """A volume axis, slightly tilted: the axis a training task may propagate along."""
+    axis = int(rng.integers(3))
+    direction = np.eye(3)[axis] + tilt * rng.standard_normal(3)
+    return axis, direction / np.linalg.norm(direction)
+
+
+def _plant_tapering(out, labels, grid, extent, spread, rng) -> None:
+    """A small lesion drawn out along an axis whose tails thin to a point and fade: the faint
+    last slices of a real small lesion are still the lesion (real MS lesions lost their ends)."""
+    centre = extent * rng.uniform(0.25, 0.75, 3)
+    axis, _ = _axis_direction(rng, 0.0)
+    radii = rng.uniform(2.5, 6.0) * rng.uniform(0.8, 1.2, 3)
+    radii[axis] *= rng.uniform(1.5, 3.0)
+    pointed = rng.uniform(1.0, 2.0)  # exponent along the long axis: 1 gives cone-like tails
+    along = np.abs(grid[axis] - centre[axis]) / radii[axis]
+    dist = along ** pointed + sum(((g - c) / r) ** 2 for i, (g, c, r) in enumerate(zip(grid, centre, radii)) if i != axis)
+    fade = 1 - rng.uniform(0.3, 0.7) * np.clip(along, 0, 1) ** 2  # contrast falls towards the tails
+    _paint(out, labels, dist, rng.choice([-1, 1]) * rng.uniform(0.3, 0.7) * spread * fade, rng)
+
+
+def _plant_stack(out, labels, grid, extent, spread, rng) -> None:
+    """3-5 objects of one size and one intensity stacked along an axis, each parted from the next
+    by a thin disc (its own label, of a nearby or different intensity), as vertebrae and discs
+    are: only the disc and the narrowing at it say where one object ends."""
+    axis, direction = _axis_direction(rng, 0.08)
+    radii = rng.uniform(5.0, 0.2 * extent[1:].min() + 5.0) * rng.uniform(0.85, 1.15, 3)
+    radii[axis] *= rng.uniform(0.4, 0.9)
+    exponent = rng.uniform(2.0, 4.0)  # higher: boxier, so the objects meet over more of their face
+    gap = rng.uniform(1.0, 2.5) * (extent[axis] / out.shape[axis])
+    contrast = rng.choice([-1, 1]) * rng.uniform(0.2, 0.6) * spread
+    disc_level = contrast * rng.uniform(-0.3, 0.8)
+    count = int(rng.integers(3, 6))
+    step = 2 * radii[axis] + gap
+    centre = extent / 2 - direction * step * (count - 1) / 2 + extent * rng.uniform(-0.15, 0.15, 3)
+
+    def field(c, r):
+        return sum(np.abs((g - ci) / ri) ** exponent for g, ci, ri in zip(grid, c, r))
+
+    for i in range(count):
+        here = centre + direction * step * i
+        _paint(out, labels, field(here, radii * rng.uniform(0.97, 1.03, 3)), contrast * (1 + 0.03 * rng.standard_normal()), rng)
+    disc = radii * 0.9
+    disc[axis] = radii[axis] * 0.35 + gap  # overlaps both neighbours; only the free voxels become the disc
+    for i in range(count - 1):
+        _paint(out, labels, field(centre + direction * step * (i + 0.5), disc), disc_level, rng)
+
+
+def plant_lesions(image: np.ndarray, spacing_zyx, rng: np.random.Generator,
+                  kinds: tuple[str, ...] = ("blob",)) -> tuple[np.ndarray, np.ndarray]:
+    """Lesion-like objects in a real image, each its own label (the ground-truth split).
+
+    Each of 1-2 groups is one of `kinds`: "blob", a single lesion or a chain of 2-4 touching ones
+    (intensity the local tissue level plus a contrast of either sign, soft edge, texture);
+    "tapering", a small drawn-out lesion with thin, fading tails; "stack", same-size objects parted
+    by thin discs. With the default kinds the random draws are those of the blob-only recipe.
     """
+    unknown = set(kinds) - set(LESION_KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"lesion kinds must be among {LESION_KINDS}, got {list(kinds)}")
     labels = np.zeros(image.shape, np.int16)
     spread = float(np.percentile(image, 99) - np.percentile(image, 1)) or 1.0
     grid = np.meshgrid(*[np.arange(n) * s for n, s in zip(image.shape, spacing_zyx)], indexing="ij", sparse=True)
     extent = np.array(image.shape) * np.array(spacing_zyx)
     out = image.copy()
-    for _chain in range(int(rng.integers(1, 3))):
+    for _group in range(int(rng.integers(1, 3))):
+        kind = kinds[0] if len(kinds) == 1 else str(rng.choice(kinds))
+        if kind == "tapering":
+            _plant_tapering(out, labels, grid, extent, spread, rng)
+            continue
+        if kind == "stack":
+            _plant_stack(out, labels, grid, extent, spread, rng)
+            continue
         centre = extent * rng.uniform(0.25, 0.75, 3)
         radius = float(rng.uniform(3.0, 0.18 * extent[1:].min()))
         direction = rng.standard_normal(3)
@@ -158,23 +234,21 @@ def plant_lesions(image: np.ndarray, spacing_zyx, rng: np.random.Generator) -> t
             r = radius * rng.uniform(0.7, 1.2, 3)
             dist = sum(((g - c) / rr) ** 2 for g, c, rr in zip(grid, centre, r))
             dist = dist * np.exp(0.25 * smooth_noise(rng, image.shape, sigma=4.0))
-            blob = (dist < 1) & (labels == 0)
-            if blob.sum() >= MIN_OBJECT_VOXELS:
-                labels[blob] = labels.max() + 1
-                edge = np.clip(1.5 - dist, 0, 1)  # soft edge: partial volume
-                level = contrast * (1 + 0.2 * rng.standard_normal())
-                out += (level * edge * (1 + 0.1 * smooth_noise(rng, image.shape, sigma=1.5))).astype(np.float32)
+            if ((dist < 1) & (labels == 0)).sum() >= MIN_OBJECT_VOXELS:  # the level is drawn only for a blob that lands
+                _paint(out, labels, dist, contrast * (1 + 0.2 * rng.standard_normal()), rng)
             centre = centre + direction * radius * rng.uniform(1.4, 1.9)  # the next one touches this one
     return out, labels
 
 
-def synthetic_source(maps: list[LabelMap], seed: int, weight: float = 1.0) -> SourceVolume:
-    """One seeded synthetic training volume from one of `maps`."""
+def synthetic_source(maps: list[LabelMap], seed: int, weight: float = 1.0, lesion_kinds: tuple[str, ...] = ("blob",),
+                     lesion_share: float = 0.25) -> SourceVolume:
+    """One seeded synthetic training volume from one of `maps`: a `lesion_share` of them are real
+    images with planted `lesion_kinds`, the others invented images on the map's labels."""
     rng = np.random.default_rng(seed)
     lm = maps[int(rng.integers(len(maps)))]
     labels, image = _crop_around_label(lm, rng)
-    if image is not None and rng.random() < 0.25:  # lesions planted in the real image
-        image, labels = plant_lesions(image.astype(np.float32), lm.spacing_zyx, rng)
+    if image is not None and rng.random() < lesion_share:  # lesions planted in the real image
+        image, labels = plant_lesions(image.astype(np.float32), lm.spacing_zyx, rng, lesion_kinds)
         spacing, style = lm.spacing_zyx, "lesion"
         objects = anatomy_objects(labels, rng, unions=0)  # a chain's lesions stay apart: its split is the truth
     else:
@@ -189,20 +263,22 @@ def synthetic_source(maps: list[LabelMap], seed: int, weight: float = 1.0) -> So
 class SynthPool:
     """Like PhantomPool: `size` synthetic volumes, a few swapped for new seeds on `refresh`."""
 
-    def __init__(self, maps: list[LabelMap], size: int, first_seed: int, weight: float, state: dict | None = None):
+    def __init__(self, maps: list[LabelMap], size: int, first_seed: int, weight: float, state: dict | None = None,
+                 lesion_kinds: tuple[str, ...] = ("blob",), lesion_share: float = 0.25):
         self.maps, self.weight = maps, weight
+        self.lesions = {"lesion_kinds": tuple(lesion_kinds), "lesion_share": lesion_share}
         self.next_seed = first_seed
         self.sources: list[SourceVolume] = []
         if not maps:
             return
         if state is not None:
-            self.sources = [synthetic_source(maps, seed, weight) for seed in state["seeds"]]
+            self.sources = [synthetic_source(maps, seed, weight, **self.lesions) for seed in state["seeds"]]
             self.next_seed = state["next_seed"]
         while len(self.sources) < size:
             self._add()
 
     def _add(self) -> None:
-        source = synthetic_source(self.maps, self.next_seed, self.weight)
+        source = synthetic_source(self.maps, self.next_seed, self.weight, **self.lesions)
         self.next_seed += 1
         if source.objects:
             self.sources.append(source)

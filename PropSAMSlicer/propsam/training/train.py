@@ -56,6 +56,8 @@ class TrainConfig:
     synthesis_maps: list = field(default_factory=list)  # training-split ids whose label maps feed synthesis
     synth_pool: int = 32
     synth_weight: float = 0.5  # sampling weight of each synthetic volume
+    lesion_kinds: list = field(default_factory=lambda: ["blob"])  # planted in real images: synthesis.LESION_KINDS
+    lesion_share: float = 0.25  # share of synthetic volumes that are real images with planted lesions
     perturb_guide: float = 0.0  # PropMask: share of tasks with a slightly wrong guide mask
     sampler: str = "cpu"  # "device": batches made on the training device from `pack` (device_data.py)
     pack: str = ""  # training pack (`propsam pack-data`) for the device sampler
@@ -124,7 +126,7 @@ class Trainer:
                                 weight=cfg.phantom_weight, state=None if on_device else self.pool_state)
         maps = load_label_maps(data_dir, cfg.synthesis_maps) if cfg.synthesis_maps and data_dir.exists() and not on_device else []
         self.synth = SynthPool(maps, cfg.synth_pool, first_seed=5_000_000 * (self.rank + 1), weight=cfg.synth_weight,
-                               state=self.synth_state)
+                               state=self.synth_state, lesion_kinds=tuple(cfg.lesion_kinds), lesion_share=cfg.lesion_share)
         self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
                                    memory=self.net_config.prompt_memory, memory_slices=self.net_config.memory_slices,
                                    perturb_guide=cfg.perturb_guide)
