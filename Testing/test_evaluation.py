@@ -257,6 +257,8 @@ def test_cli_runs_on_a_phantom_with_a_model_bundle(random_model, tmp_path, capsy
     (["--datasets", "phantom"], "needs --phantoms"),
     (["--tta", "8x3"], "--tta expects"),
     (["--model", "lite", "--model", "lite"], "--model given twice"),
+    (["--leak-limit", "0.5"], "--leak-limit must be 0 (off) or within (1, 100]"),
+    (["--leak-limit", "2", "--leak-limit", "2"], "--leak-limit given twice"),
 ])
 def test_cli_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "eval"
@@ -469,3 +471,28 @@ def test_paired_differences_compare_models_on_the_same_objects():
     table = "\n".join(paired_differences(rows))
     assert "| propsam-mask | new − old | 20 | 0.100 [0.100, 0.100] |" in table  # unpaired objects left out
     assert paired_differences([r for r in rows if r["model"] == "new"]) == []
+
+
+def test_the_evaluation_runs_each_model_under_its_leak_limit(segmenter, tmp_path):
+    """`--leak-limit` reaches the engine through the harness: with the limit the disk stops where a
+    same-intensity slab begins; without it the result runs on into the slab. The rows say which."""
+    from test_stop_rule import _disk_into_slab
+
+    from propsam.evaluation.cli import load_models
+    from propsam.evaluation.harness import Model, predict
+
+    volume, disk = _disk_into_slab()
+    source = SourceVolume("disk0001_t1", volume, (1.0, 1.0, 1.0), "CT", 1.0, objects_from_labels(disk.astype(np.uint8), "each"), "exact")
+    obj = next(objects_of(source, "disk"))
+    run = Run("propsam-mask", "default", obj.prompts, 2.0)
+    limited = predict(run, obj, Model("t", segmenter, leak_limit=2.0))
+    unlimited = predict(run, obj, Model("t", segmenter, leak_limit=0.0))
+    assert not limited[16:].any() and unlimited[16:].sum() > 2 * disk[16:].sum()
+
+    class Args:
+        device, threads, leak_limit = "cpu", 1, [0.0, 2.0]
+
+    import propsam.engine.segmenter as segmenter_module
+
+    loaded = load_models(Args, ["lite"], [segmenter_module.SegmentOptions().tta])
+    assert [(m.label, m.leak_limit) for m in loaded] == [("lite leak off", 0.0), ("lite leak 2x", 2.0)]

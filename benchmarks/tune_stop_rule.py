@@ -10,6 +10,9 @@ its largest axial slice with its mask and with its tight box; each propagation v
 3D Dice and by the error at each end (slices). Prints a markdown table; `--out` also writes it.
 
     python benchmarks/tune_stop_rule.py --model lite --objects 40 --real 60 [--variants ...] [--out results/stop_rule_tuning.md]
+
+`--model` may be given more than once (say a trained arm beside its control): every variant then
+runs with each model, labelled "model: variant", paired against the first model's first variant.
 """
 
 from __future__ import annotations
@@ -93,9 +96,10 @@ VARIANTS = {
 }
 
 
-def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box")) -> list[dict]:
+def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box"), label_model: bool = False) -> list[dict]:
     seg = Segmenter.load(model, "cpu")
     rows = []
+    variants = {f"{model}: {v}" if label_model else v: kw for v, kw in variants.items()}
     for (name, volume, truth), (label, kw) in itertools.product(objects, variants.items()):
         k = int(truth.reshape(truth.shape[0], -1).sum(1).argmax())
         plane = truth[k] > 0
@@ -145,7 +149,7 @@ def table(rows: list[dict], title: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="lite")
+    parser.add_argument("--model", action="append", help="a model name or folder; repeat to compare models (default: lite)")
     parser.add_argument("--objects", type=int, default=40)
     parser.add_argument("--real", type=int, default=0, help="also this many real objects of the training split")
     parser.add_argument("--variants", help="variant names separated by ';' (default: all)")
@@ -167,9 +171,12 @@ def main(argv=None) -> int:
     prompts = [p.strip() for p in args.prompts.split(",")]
     if not prompts or set(prompts) - {"mask", "box"}:
         parser.error(f"--prompts takes mask, box or both, got {args.prompts!r}")
-    text += table(run(args.model, objects, variants, True, prompts), f"{args.model}: stop-rule variants, prompt memory on")
+    models = args.model or ["lite"]
+    several = len(models) > 1
+    title = ", ".join(models)
+    text += table([r for m in models for r in run(m, objects, variants, True, prompts, several)], f"{title}: stop-rule variants, prompt memory on")
     if args.memory_ablation:
-        text += "\n" + table(run(args.model, objects, variants, False, prompts), f"{args.model}: prompt memory off")
+        text += "\n" + table([r for m in models for r in run(m, objects, variants, False, prompts, several)], f"{title}: prompt memory off")
     print(text)
     if args.out:
         Path(args.out).write_text(text)

@@ -19,6 +19,9 @@ def register(subparsers) -> None:
                    help="test-time averaging BOX2MASKxPROPMASK orientations (1/2/4/8) or 'off', '-stored' suffix: "
                         "without the content view (e.g. 8x1-stored); repeat to compare "
                         "(each model runs under each; default: the engine's)")
+    p.add_argument("--leak-limit", action="append", type=float, metavar="X",
+                   help="the stop rule's leak limit, as `propsam segment --leak-limit` (0 = off); repeat to compare "
+                        "(each model runs under each; default: the engine's, 2)")
     p.add_argument("--orientations", action="store_true",
                    help="also run PropSAM under the 7 other in-plane orientations (flips/transposes); adds the spread table")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all usable cores)")
@@ -64,11 +67,19 @@ def model_choices(args) -> tuple[list[str], list]:
     ttas = [parse_tta(t) for t in args.tta] if args.tta else [TestTimeAugmentation()]
     if len(set(ttas)) != len(ttas):
         raise InputError("--tta given twice with the same setting")
+    if args.leak_limit:
+        from ..engine.propagation import check_leak_limit
+
+        for limit in args.leak_limit:
+            check_leak_limit(limit, "--leak-limit")
+        if len(set(args.leak_limit)) != len(args.leak_limit):
+            raise InputError("--leak-limit given twice with the same value")
     return names, ttas
 
 
 def load_models(args, names: list[str], ttas: list) -> list:
-    """One harness Model per --model x --tta; labels name the model (and the TTA when several)."""
+    """One harness Model per --model x --tta x --leak-limit; labels name the model (and the TTA when
+    several, and the leak limit when one is given)."""
     from ..engine.segmenter import Segmenter
     from ..engine.tta import tta_name
     from .harness import Model
@@ -78,7 +89,10 @@ def load_models(args, names: list[str], ttas: list) -> list:
         segmenter = Segmenter.load(name, args.device, args.threads)
         label = Path(name).parent.name if name.endswith(".json") else Path(name).name
         for tta in ttas:
-            models.append(Model(label + (f" tta{tta_name(tta)}" if len(ttas) > 1 else ""), segmenter, tta))
+            for limit in args.leak_limit or [None]:
+                named = label + (f" tta{tta_name(tta)}" if len(ttas) > 1 else "")
+                named += "" if limit is None else (" leak off" if limit == 0 else f" leak {limit:g}x")
+                models.append(Model(named, segmenter, tta, limit))
     return models
 
 
@@ -95,8 +109,9 @@ def run(args) -> int:
         raise InputError("--phantoms and --synthetic must be >= 0 and --max-objects >= 1")
     if args.corrections is not None and args.corrections < 1:
         raise InputError(f"--corrections must be >= 1, got {args.corrections}")
-    if args.corrections is not None and (args.methods or args.robustness):
-        raise InputError("--corrections simulates a user correcting propsam-box; it takes no --methods or --robustness")
+    if args.corrections is not None and (args.methods or args.robustness or args.leak_limit):
+        raise InputError("--corrections simulates a user correcting propsam-box; it takes no --methods, --robustness "
+                         "or --leak-limit")
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     real = eval_datasets(data_dir)
     datasets = choose(args.datasets, real + [PHANTOM_DATASET], "dataset")

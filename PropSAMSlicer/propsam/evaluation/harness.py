@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..engine.prompts import BoxPrompt, MaskPrompt
-from ..engine.propagation import PropagationOptions
+from ..engine.propagation import PropagationOptions, user_options
 from ..engine.roi import slice_extent
 from ..engine.segmenter import SegmentOptions
 from ..engine.tta import ORIENTATIONS, Orientation, TestTimeAugmentation, tta_name
@@ -49,12 +49,13 @@ OUTPUTS = ("results.csv", "summary.md", "dice.png")
 
 @dataclass(frozen=True)
 class Model:
-    """One engine configuration under evaluation: a label for the tables, the loaded networks, and
-    the test-time averaging it runs with (default: what `propsam segment` runs)."""
+    """One engine configuration under evaluation: a label for the tables, the loaded networks, the
+    test-time averaging and the leak limit it runs with (default: what `propsam segment` runs)."""
 
     label: str
     segmenter: object
     tta: TestTimeAugmentation = TestTimeAugmentation()
+    leak_limit: float | None = None  # None: the engine's default; 0: off (propagation.user_options)
 
 
 NO_MODEL = Model("-", None)  # the model-free baselines' rows
@@ -117,7 +118,8 @@ def predict(run: Run, obj: EvalObject, model: Model) -> np.ndarray:
         "propsam-box-jitter": BoxPrompt(p.slice_index, p.jittered_box),
         "propsam-mask": MaskPrompt(p.slice_index, p.mask),
     }[run.method]
-    options = SegmentOptions(propagation=PropagationOptions(thickness_mm=run.thickness_mm), tta=model.tta)
+    propagation = user_options(run.thickness_mm, PropagationOptions().context, model.leak_limit)
+    options = SegmentOptions(propagation=propagation, tta=model.tta)
     return segmenter.segment(volume, prompt, options).mask
 
 
