@@ -60,6 +60,7 @@ class PropSAMSlicerParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     thicknessMm: Annotated[float, WithinRange(1.0, 200.0)] = 20.0
     context: Annotated[float, WithinRange(1.0, 4.0)] = 1.5
+    leakLimit: Annotated[float, WithinRange(1.0, 100.0)] = 2.0  # the engine's default; the minimum, 1, reads "off"
     allowOverlap: bool = True
     boxRoi: vtkMRMLMarkupsROINode
     promptView: vtkMRMLSliceNode
@@ -560,7 +561,7 @@ class PropSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- running ----------------------------------------------------------------------------
     def onSegment(self):
-        from PropSAMSlicerLib import SegmentRequest, model_is_loaded
+        from PropSAMSlicerLib import SegmentRequest, model_is_loaded, panel_leak_limit
 
         p = self._parameterNode
         try:
@@ -576,6 +577,7 @@ class PropSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume_node=p.inputVolume, prompt=prompt, segmentation_node=p.segmentation, segment_id=target,
             segment_name=p.segmentName or "PropSAM", segment_type=p.segmentType, model=self.logic.modelSpec(p),
             device=p.device, thickness_mm=p.thicknessMm, context=p.context, allow_overlap=p.allowOverlap,
+            leak_limit=panel_leak_limit(p.leakLimit),
         )
         if not model_is_loaded(request.model, request.device):
             self.setStatus(f"Loading model {request.model} (first run, a few seconds)...")

@@ -777,3 +777,25 @@ def test_module_file_compiles_and_ui_binds_parameter_node_fields(tmp_path):
     for button in ("segmentButton", "cancelButton", "undoButton", "boxButton", "sketchButton", "twoViewButton",
                    "progressBar", "openEditorButton", "exportButton", "studyCollapsibleButton"):
         assert button in names, button
+
+
+def test_the_panels_leak_limit_matches_the_engine_and_reads_off_at_its_minimum():
+    """The Advanced section's leak limit: its default is the engine's, its minimum (shown as "off")
+    turns the limit off, every value in its range passes the logic's check, and Segment sends it."""
+    from PropSAMSlicerLib import panel_leak_limit
+
+    from propsam.engine.propagation import PropagationOptions, check_leak_limit
+
+    tree = ast.parse((MODULE_DIR / "PropSAMSlicer.py").read_text())
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PropSAMSlicerParameterNode")
+    field = next(n for n in wrapper.body if isinstance(n, ast.AnnAssign) and n.target.id == "leakLimit")
+    low, high = (ast.literal_eval(a) for a in field.annotation.slice.elts[1].args)
+    assert ast.literal_eval(field.value) == PropagationOptions().max_area_ratio
+    assert panel_leak_limit(low) == 0 and panel_leak_limit(2.5) == 2.5
+    for value in np.arange(low, high + 0.25, 0.5):  # the spin box's steps from its minimum
+        check_leak_limit(panel_leak_limit(float(value)))
+    ui = ET.parse(MODULE_DIR / "Resources" / "UI" / "PropSAMSlicer.ui")
+    box = next(w for w in ui.iter("widget") if w.get("name") == "leakLimitSpinBox")
+    props = {p.get("name"): p[0].text for p in box.iter("property")}
+    assert props["SlicerParameterName"] == "leakLimit" and props["specialValueText"] == "off"
+    assert "leak_limit=panel_leak_limit(p.leakLimit)" in (MODULE_DIR / "PropSAMSlicer.py").read_text()

@@ -4,7 +4,9 @@ Everything here takes the scene and nodes as arguments and never touches widgets
 headless on the MRML classes of the slicer-core package as well as inside Slicer.
 """
 
-from .logic import ChangedSinceRun, PropSAMLogic, RunResult, SegmentRequest, model_is_loaded, write_policy
+from .logic import (
+    ChangedSinceRun, PropSAMLogic, RunResult, SegmentRequest, model_is_loaded, panel_leak_limit, write_policy,
+)
 from .prompts import (
     box_prompt_from_roi, constrain_roi_to_slice, flatten_box_to_view, mask_prompt_from_array, two_view_prompt_from_roi,
     view_axis,
@@ -14,5 +16,5 @@ from .worker import POLL_INTERVAL_MS, WAIT_SLICE_S, SegmentationJob
 __all__ = [
     "POLL_INTERVAL_MS", "WAIT_SLICE_S", "ChangedSinceRun", "PropSAMLogic", "RunResult", "SegmentRequest",
     "SegmentationJob", "box_prompt_from_roi", "constrain_roi_to_slice", "flatten_box_to_view", "mask_prompt_from_array",
-    "model_is_loaded", "two_view_prompt_from_roi", "view_axis", "write_policy",
+    "model_is_loaded", "panel_leak_limit", "two_view_prompt_from_roi", "view_axis", "write_policy",
 ]

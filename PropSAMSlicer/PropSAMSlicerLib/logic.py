@@ -66,6 +66,12 @@ class SegmentRequest:
         return user_options(self.thickness_mm, self.context, self.leak_limit)
 
 
+def panel_leak_limit(value: float) -> float:
+    """The panel's leak-limit spin box shows its minimum, 1, as "off" (a limit of 1x would end
+    any object larger than its prompt slice): 1 -> 0 (off), anything above -> that ratio."""
+    return 0.0 if value <= 1.0 else float(value)
+
+
 def write_policy(allow_overlap: bool) -> str:
     """What a run overwrites, in the panel's words (PropSAM writes only its target segment)."""
     if allow_overlap:
