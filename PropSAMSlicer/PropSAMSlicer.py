@@ -640,8 +640,7 @@ class PropSAMSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             display.SetSegmentVisibility(result.segment_id, True)
             if p.sketchSegmentId and result.segmentation_node.GetSegmentation().GetSegment(p.sketchSegmentId):
                 display.SetSegmentVisibility(p.sketchSegmentId, False)
-        lo, hi = result.slices
-        self.setStatus(f"Done in {result.seconds:.1f} s: {int(result.mask.sum())} voxels on slices {lo}..{hi}.")
+        self.setStatus(result.status())
         if self.study is not None:
             record = self.study.finish(result.mask)
             dice = f", Dice {record.dice:.3f}" if record.dice is not None else ""

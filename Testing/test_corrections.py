@@ -322,7 +322,8 @@ def test_cli_corrections_give_the_python_api_result(tmp_path, random_model, sphe
             "--device", "cpu", "--quiet", "--out"]
     assert cli.main(args + [str(tmp_path / "plain.nii.gz")]) == 0
     assert cli.main(args + [str(tmp_path / "fixed.nii.gz"), "--corrections", str(tmp_path / "c.json")]) == 0
-    assert "least confident slices" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "least confident slices" in out and "ends (lower: stopped by user, upper: " in out  # the stop correction
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "fixed.nii.gz")))
     segmenter = Segmenter.load(str(random_model), "cpu")
     want = apply_corrections(segmenter, volume, segmenter.segment(volume, MaskPrompt(p, truth[p] > 0)), fixes).mask

@@ -330,6 +330,8 @@ def test_background_job_on_oblique_anisotropic_volume_matches_cli(scene, tmp_pat
     progress = [e[1:] for e in events if e[0] == "progress"]
     assert all(0 < done <= total for done, total in progress) and progress[-1][0] == progress[-1][1]
     result = logic.apply(job)
+    assert set(result.stop_reasons) == {-1, 1}  # both ends say why they are where they are
+    assert f"slices {result.slices[0]}..{result.slices[1]} (lower: {result.stop_reasons[-1]}, upper: " in result.status()
 
     expected = run_cli(path, tmp_path / "cli.nrrd", random_model, "--box", "10,9,33,31", "--slice-index", "5")
     assert expected.any()
@@ -799,3 +801,12 @@ def test_the_panels_leak_limit_matches_the_engine_and_reads_off_at_its_minimum()
     props = {p.get("name"): p[0].text for p in box.iter("property")}
     assert props["SlicerParameterName"] == "leakLimit" and props["specialValueText"] == "off"
     assert "leak_limit=panel_leak_limit(p.leakLimit)" in (MODULE_DIR / "PropSAMSlicer.py").read_text()
+    from PropSAMSlicerLib import RunResult
+
+    from propsam.engine.propagation import FADED, LEAK
+
+    mask = np.ones((2, 3, 3), np.uint8)
+    stopped = RunResult(None, "s", mask, 1.23, (4, 15), 0, {-1: FADED, 1: LEAK})
+    assert stopped.status() == ("Done in 1.2 s: 18 voxels on slices 4..15 (lower: faded out, upper: leak limit). "
+                                "If the object goes on, raise Advanced > Leak limit, or correct with Continue.")
+    assert "Leak limit" not in RunResult(None, "s", mask, 1.0, (4, 15), 0, {-1: FADED, 1: FADED}).status()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from propsam.engine.propagation import PropagationOptions, _judge
+from propsam.engine.propagation import FADED, GROWTH, LEAK, TOO_SMALL, PropagationOptions, _judge
 
 
 def planes(*areas):
@@ -16,30 +16,31 @@ def planes(*areas):
 
 
 @pytest.mark.parametrize("presence, patience, expected", [
-    ([1, 0, 1, 1], 1, (1, True)),  # today's rule: the first absent slice ends the object
-    ([1, 0, 1, 1], 2, (4, False)),  # a one-slice dip is looked past, and kept
-    ([1, 0, 0, 1], 2, (1, True)),  # two in a row end it
-    ([1, 1, 0], 2, (2, False)),  # a pending failure at the window's end: the next round looks again
-    ([0], 2, (0, True)),  # nothing accepted: ended (never loops on the same guide)
+    ([1, 0, 1, 1], 1, (1, True, FADED)),  # today's rule: the first absent slice ends the object
+    ([1, 0, 1, 1], 2, (4, False, "")),  # a one-slice dip is looked past, and kept
+    ([1, 0, 0, 1], 2, (1, True, FADED)),  # two in a row end it
+    ([1, 1, 0], 2, (2, False, "")),  # a pending failure at the window's end: the next round looks again
+    ([0], 2, (0, True, FADED)),  # nothing accepted: ended (never loops on the same guide)
 ])
 def test_patience(presence, patience, expected):
     opt = PropagationOptions(stop_patience=patience)
-    assert _judge(planes(*[30] * len(presence)), np.array(presence, float), 3, np.inf, opt)[:2] == expected
+    accepted, ended, _, why = _judge(planes(*[30] * len(presence)), np.array(presence, float), 3, np.inf, opt)
+    assert (accepted, ended, why) == expected
 
 
 def test_area_bounds_fail_a_slice():
     opt = PropagationOptions()
-    assert _judge(planes(30, 2, 30), np.ones(3), 3, np.inf, opt) == (1, True, 2)  # too small
-    assert _judge(planes(30, 90, 30), np.ones(3), 3, 60, opt) == (1, True, 2)  # a leak: larger than allowed
-    assert _judge(planes(30, 90, 30), np.ones(3), 3, np.inf, opt) == (3, False, 3)
+    assert _judge(planes(30, 2, 30), np.ones(3), 3, np.inf, opt) == (1, True, 2, TOO_SMALL)
+    assert _judge(planes(30, 90, 30), np.ones(3), 3, 60, opt) == (1, True, 2, LEAK)  # a leak: larger than allowed
+    assert _judge(planes(30, 90, 30), np.ones(3), 3, np.inf, opt) == (3, False, 3, "")
 
 
 def test_growth_limit_fails_a_slice_that_jumps_into_a_neighbour():
     opt = PropagationOptions(max_growth=1.5)
-    assert _judge(planes(40, 50, 90), np.ones(3), 3, np.inf, opt, guide_area=40) == (2, True, 3)  # 90 > 1.5 x 50
-    assert _judge(planes(70, 50), np.ones(2), 3, np.inf, opt, guide_area=40) == (0, True, 1)  # against the guide first
-    assert _judge(planes(20, 30, 40), np.ones(3), 3, np.inf, opt, guide_area=10) == (3, False, 3)  # small: floor of 16 px
-    assert _judge(planes(40, 50, 90), np.ones(3), 3, np.inf, PropagationOptions(), guide_area=40) == (3, False, 3)  # off
+    assert _judge(planes(40, 50, 90), np.ones(3), 3, np.inf, opt, guide_area=40) == (2, True, 3, GROWTH)  # 90 > 1.5 x 50
+    assert _judge(planes(70, 50), np.ones(2), 3, np.inf, opt, guide_area=40) == (0, True, 1, GROWTH)  # against the guide first
+    assert _judge(planes(20, 30, 40), np.ones(3), 3, np.inf, opt, guide_area=10) == (3, False, 3, "")  # small: floor of 16 px
+    assert _judge(planes(40, 50, 90), np.ones(3), 3, np.inf, PropagationOptions(), guide_area=40) == (3, False, 3, "")  # off
 
 
 def _disk_into_slab():
@@ -64,6 +65,7 @@ def test_the_leak_limit_stops_at_a_neighbour_of_the_same_intensity(leak_limit):
     assert (mask[4:16] >= disk[4:16]).all() and mask[4:16].sum() < 1.5 * disk[4:16].sum()  # the disk, down to its lower end
     if leak_limit:
         assert not mask[16:].any() and stats.extent == (4, 15)  # stopped where the slab begins
+        assert stats.stop_reasons == {1: LEAK, -1: FADED}  # the panel and the CLI say so
     else:
         assert mask[16:].sum() > 2 * disk[16:].sum()  # without the limit it runs on into the slab
 

@@ -9,7 +9,7 @@ a worker thread. So a cancelled or failed run leaves the scene exactly as it was
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -89,6 +89,17 @@ class RunResult:
     seconds: float
     slices: tuple[int, int]  # first and last slice of the result along the prompt's axis
     axis: int
+    stop_reasons: dict = field(default_factory=dict)  # direction (-1 lower, +1 upper) -> why that end is there
+
+    def status(self) -> str:
+        """The panel's line after a run: time, size, slices, and why each end is where it is."""
+        from propsam.engine.propagation import LEAK, ends_text
+
+        lo, hi = self.slices
+        text = f"Done in {self.seconds:.1f} s: {int(self.mask.sum())} voxels on slices {lo}..{hi} ({ends_text(self.stop_reasons)})."
+        if LEAK in self.stop_reasons.values():
+            text += " If the object goes on, raise Advanced > Leak limit, or correct with Continue."
+        return text
 
 
 @dataclass
@@ -186,7 +197,8 @@ class PropSAMLogic:
             raise
         self.undo_stack.append(snapshot)
         stats = result.stats
-        return RunResult(segmentation_node, segment_id, mask, result.seconds, tuple(stats.extent), result.axis)
+        return RunResult(segmentation_node, segment_id, mask, result.seconds, tuple(stats.extent), result.axis,
+                         dict(stats.stop_reasons))
 
     def segment(self, request: SegmentRequest, progress: Callable | None = None) -> RunResult:
         """Blocking run (scripts, tests): start, wait, apply."""

@@ -186,6 +186,7 @@ def run_segment(args) -> int:
     # torch is imported only now, once the inputs and outputs are known to be usable
     from .confidence import slice_confidence
     from .corrections import apply_corrections, read_corrections
+    from .propagation import LEAK, ends_text
     from .segmenter import Segmenter
 
     corrections = read_corrections(args.corrections, volume) if args.corrections else []
@@ -209,6 +210,8 @@ def run_segment(args) -> int:
         f"in {result.seconds:.2f} s ({result.stats.slices_predicted} slices predicted, {result.stats.rounds} rounds, "
         f"device {segmenter.device.type}); mask: {out}" + (f"; preview: {png}" if png else "")
     )
+    print(f"ends ({ends_text(result.stats.stop_reasons)})"
+          + ("; if the object goes on, raise --leak-limit" if LEAK in result.stats.stop_reasons.values() else ""))
     suspects = slice_confidence(result.mask, result.axis, result.stats.presence, result.stats.agreement).suspects()
     print(f"least confident slices: {', '.join(map(str, suspects)) or 'none'}" + (f" (after {len(corrections)} correction(s))" if corrections else ""))
     return 0

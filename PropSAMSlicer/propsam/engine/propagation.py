@@ -26,6 +26,9 @@ from .tta import mean_over, mean_turned_back, stack_turned
 
 GROWTH_FLOOR_PX = 16  # max_growth judges a slice against at least this many pixels
 
+# why a side stopped (PropagationStats.stop_reasons), in the words the CLI and the panel show
+FADED, TOO_SMALL, LEAK, GROWTH, EDGE = "faded out", "too small", "leak limit", "growth limit", "edge"
+
 
 @dataclass(frozen=True)
 class PropagationOptions:
@@ -51,6 +54,12 @@ def check_leak_limit(value: float | None, what: str = "leak limit") -> None:
         raise InputError(f"{what} must be 0 (off) or within (1, 100], got {value}")
 
 
+def ends_text(stop_reasons: dict) -> str:
+    """Why each end of the result is where it is, e.g. "lower: faded out, upper: leak limit"
+    (lower is towards slice 0 of the prompt's axis)."""
+    return ", ".join(f"{name}: {stop_reasons[d]}" for d, name in ((-1, "lower"), (1, "upper")) if d in stop_reasons)
+
+
 def user_options(thickness_mm: float, context: float, leak_limit: float | None = None) -> PropagationOptions:
     """The options a user sets (the CLI, the Slicer panel); leak_limit None keeps the default."""
     options = PropagationOptions(thickness_mm=thickness_mm, context=context)
@@ -62,7 +71,7 @@ class PropagationStats:
     rounds: int = 0
     slices_predicted: int = 0
     extent: tuple[int, int] = (0, 0)  # first and last slice of the result along the axis
-    stop_reasons: dict = field(default_factory=dict)  # direction -> why it stopped
+    stop_reasons: dict = field(default_factory=dict)  # direction -> why it stopped (FADED, ..., EDGE; corrections: USER_STOP)
     # per-slice confidence (see engine/confidence.py): slice -> the presence output, for every
     # predicted slice including the one that ended a side; slice -> agreement of the averaged
     # probability with the final mask, for the slices kept
@@ -136,7 +145,7 @@ def propagate(
             targets = [t for t in targets if lo_bound <= t <= hi_bound]
             if not targets:
                 side.active = False
-                stats.stop_reasons[side.direction] = "edge"
+                stats.stop_reasons[side.direction] = EDGE
                 continue
             batch.append((side, targets))
         if not batch:
@@ -151,7 +160,8 @@ def propagate(
                 plane = np.zeros(volume.shape[1:], np.float32)
                 plane[r0:r1, c0:c1] = pasted[j]
                 planes.append(plane)
-            accepted, ended, judged = _judge(planes, present[: len(targets)], min_area, max_area, options, int(side.mask.sum()))
+            accepted, ended, judged, why = _judge(planes, present[: len(targets)], min_area, max_area, options,
+                                                  int(side.mask.sum()))
             for t, p in zip(targets[:judged], present[:judged]):
                 stats.presence[t] = min(stats.presence.get(t, 1.0), float(p))
             for t, plane in zip(targets, planes[:accepted]):
@@ -162,7 +172,7 @@ def propagate(
             stats.slices_predicted += len(targets)
             if ended:
                 side.active = False
-                stats.stop_reasons[side.direction] = "object ended"
+                stats.stop_reasons[side.direction] = why
             else:  # the last accepted slice guides the next round
                 side.earlier = ([(side.guide, side.mask)] + side.earlier)[:kept]
                 side.guide = targets[accepted - 1]
@@ -188,30 +198,35 @@ def propagate(
 
 
 def _judge(planes, presence, min_area: float, max_area: float, options: PropagationOptions,
-           guide_area: int = 0) -> tuple[int, bool, int]:
-    """How many of a window's slices to accept, whether the object has ended, and how many
-    slices were looked at (up to and including the one that ended it).
+           guide_area: int = 0) -> tuple[int, bool, int, str]:
+    """How many of a window's slices to accept, whether the object has ended, how many slices
+    were looked at (up to and including the one that ended it), and why it ended ("" if not).
 
-    A slice fails when the presence output says the object is absent, or its area is below the
-    minimum or above the leak limit, or (with max_growth) it outgrows the last passing slice (the
-    guide to begin with) by more than that factor; growth is judged against at least
-    GROWTH_FLOOR_PX, so a tiny lesion's few pixels may double. The object ends after
-    `stop_patience` failures in a row; a shorter run of failures followed by a passing slice is a
-    dip (a small lesion fading for a slice) and is accepted with its neighbours. A window that
-    ends on pending failures hands the last passing slice on as guide, so the failures are looked
-    at again from there.
+    A slice fails when the presence output says the object is absent (FADED), or its area is
+    below the minimum (TOO_SMALL) or above the leak limit (LEAK), or (with max_growth) it outgrows
+    the last passing slice (the guide to begin with) by more than that factor (GROWTH); growth is
+    judged against at least GROWTH_FLOOR_PX, so a tiny lesion's few pixels may double. The object
+    ends after `stop_patience` failures in a row, for the last one's reason; a shorter run of
+    failures followed by a passing slice is a dip (a small lesion fading for a slice) and is
+    accepted with its neighbours. A window that ends on pending failures hands the last passing
+    slice on as guide, so the failures are looked at again from there. Nothing accepted at all
+    ends the side (it never loops on the same guide).
     """
     accepted, run, last_area = 0, 0, guide_area
+    why = ""
     for j, plane in enumerate(planes):
         area = int((plane > 0.5).sum())
-        jump = options.max_growth > 0 and area > options.max_growth * max(last_area, GROWTH_FLOOR_PX)
-        if presence[j] < options.presence_threshold or area < min_area or area > max_area or jump:
+        why = (FADED if presence[j] < options.presence_threshold else TOO_SMALL if area < min_area
+               else LEAK if area > max_area
+               else GROWTH if options.max_growth > 0 and area > options.max_growth * max(last_area, GROWTH_FLOOR_PX)
+               else "")
+        if why:
             run += 1
             if run >= options.stop_patience:
-                return accepted, True, j + 1
+                return accepted, True, j + 1, why
         else:
             run, accepted, last_area = 0, j + 1, area
-    return accepted, accepted == 0, len(planes)
+    return accepted, accepted == 0, len(planes), why if accepted == 0 else ""  # nothing accepted: the last slice failed
 
 
 def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window, device, orientations=1, memory=None):
