@@ -71,7 +71,7 @@ def real_tuning_objects(count: int, per_dataset: int = 8, min_slices: int = 5, s
     for entry in manifest_entries(data_dir, "train"):
         if "image" in entry:
             by_dataset.setdefault(entry["dataset"], []).extend(
-                (f"real:{entry['id']}/{o.name}", o.volume, o.truth) for o in entry_objects(entry, data_dir) if o.slices >= min_slices)
+                (f"real/{entry['dataset']}:{entry['id']}/{o.name}", o.volume, o.truth) for o in entry_objects(entry, data_dir) if o.slices >= min_slices)
     chosen = []
     for objects in by_dataset.values():
         chosen += [objects[i] for i in sorted(rng.permutation(len(objects))[:per_dataset])]
