@@ -140,3 +140,12 @@ def test_every_recipe_is_a_valid_training_configuration():
         cfg = TrainConfig.from_file(path)
         cfg.network_config()
         assert set(cfg.lesion_kinds) <= set(LESION_KINDS) and 0 <= cfg.lesion_share <= 1, path.name
+        assert 0 <= cfg.end_fraction <= 1, path.name
+
+
+def test_the_recipes_end_fraction_reaches_the_tasks(tmp_path):
+    """end_fraction (the share of guides taken near an object's end) is a recipe setting."""
+    from propsam.training.tasks import TaskOptions
+
+    assert Trainer(tiny_config(tmp_path / "a")).options.end_fraction == TaskOptions().end_fraction
+    assert Trainer(tiny_config(tmp_path / "b", end_fraction=0.5)).options.end_fraction == 0.5
