@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", default="mask,box", help="which prompts: mask, box or both (a Box2Mask comparison needs box only)")
     parser.add_argument("--memory-ablation", action="store_true", help="also run every variant with the memory off")
     parser.add_argument("--out")
+    parser.add_argument("--rows-out", help="also write every run's row (variant, prompt, object, Dice, end error) as CSV")
     args = parser.parse_args(argv)
     variants = VARIANTS
     if args.variants:
@@ -174,7 +175,15 @@ def main(argv=None) -> int:
     models = args.model or ["lite"]
     several = len(models) > 1
     title = ", ".join(models)
-    text += table([r for m in models for r in run(m, objects, variants, True, prompts, several)], f"{title}: stop-rule variants, prompt memory on")
+    rows = [r for m in models for r in run(m, objects, variants, True, prompts, several)]
+    text += table(rows, f"{title}: stop-rule variants, prompt memory on")
+    if args.rows_out:
+        import csv
+
+        with open(args.rows_out, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     if args.memory_ablation:
         text += "\n" + table([r for m in models for r in run(m, objects, variants, False, prompts, several)], f"{title}: prompt memory off")
     print(text)
