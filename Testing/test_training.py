@@ -149,3 +149,27 @@ def test_the_recipes_end_fraction_reaches_the_tasks(tmp_path):
 
     assert Trainer(tiny_config(tmp_path / "a")).options.end_fraction == TaskOptions().end_fraction
     assert Trainer(tiny_config(tmp_path / "b", end_fraction=0.5)).options.end_fraction == 0.5
+
+
+def test_rebundling_keeps_the_kept_networks_record_and_the_lineage(tmp_path):
+    """Shipping a new PropMask beside the shipped Box2Mask: the Box2Mask's training record comes
+    from the bundle it already ships in, and --warm-start-from keeps the whole lineage."""
+    from propsam.cli import main
+
+    Trainer(tiny_config(tmp_path / "pm", steps=1)).run()
+    Trainer(tiny_config(tmp_path / "bm", steps=2, network="box2mask", batch_size=2, lesion_share=0.5, end_fraction=0.4)).run()
+    first = tmp_path / "first"
+    assert main(["bundle", "--name", "tiny", "--box2mask", str(tmp_path / "bm" / "box2mask.pt"),
+                 "--propmask", str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(first)]) == 0
+    recorded = json.loads((first / "manifest.json").read_text())["training"]["box2mask"]
+    assert recorded["steps_done"] == 2 and recorded["recipe"]["lesion_share"] == 0.5 and recorded["recipe"]["end_fraction"] == 0.4
+    second = tmp_path / "second"
+    assert main(["bundle", "--name", "tiny", "--box2mask", str(first / "tiny_box2mask.pt"), "--propmask",
+                 str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(second), "--warm-start-from", str(first)]) == 0
+    again = json.loads((second / "manifest.json").read_text())
+    assert again["training"]["box2mask"]["steps_done"] == 2 and again["training"]["box2mask"]["from_bundle"] == "tiny"
+    assert again["warm_start"]["training"]["box2mask"]["steps_done"] == 2
+    third = tmp_path / "third"
+    assert main(["bundle", "--name", "tiny", "--box2mask", str(second / "tiny_box2mask.pt"), "--propmask",
+                 str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(third), "--warm-start-from", str(second)]) == 0
+    assert json.loads((third / "manifest.json").read_text())["warm_start"]["warm_start"]["model"] == str(first)

@@ -19,14 +19,20 @@ from .checkpoint import FILENAME as CHECKPOINT_FILENAME, load_checkpoint
 BUNDLE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # becomes part of the weights' file names
 
 
+RECIPE_RECORD = ("steps", "batch_size", "adjacent", "lr", "lr_min", "weight_decay", "seed", "phantom_pool", "network_overrides",
+                 "init_from", "synthesis_maps", "synth_pool", "synth_weight", "lesion_kinds", "lesion_share", "perturb_guide",
+                 "end_fraction")  # the recipe's settings a manifest keeps
+
+
 def _run_summary(weights: Path) -> dict:
-    """What the run folder's checkpoint says about how these weights were trained."""
+    """What the run folder's checkpoint (else its log, else the bundle the weights already ship
+    in) says about how these weights were trained."""
     checkpoint = weights.parent / CHECKPOINT_FILENAME
     if not checkpoint.exists():
-        return _log_summary(weights)
+        return _log_summary(weights) or _bundle_summary(weights)
     state = load_checkpoint(checkpoint)
     cfg = state.get("train_config", {})
-    keep = ("steps", "batch_size", "adjacent", "lr", "lr_min", "weight_decay", "seed", "phantom_pool", "network_overrides")
+    keep = RECIPE_RECORD
     try:
         return {"steps_done": int(state["step"]), "tasks_seen": int(state["tasks_seen"]),
                 "recipe": {k: cfg[k] for k in keep if k in cfg}}
@@ -50,6 +56,22 @@ def _log_summary(weights: Path) -> dict:
                     steps.append(record)
             if steps:
                 return {"steps_done": int(steps[-1]["step"]), "tasks_seen": int(steps[-1]["tasks_seen"]), "from_log": name}
+    return {}
+
+
+def _bundle_summary(weights: Path) -> dict:
+    """Weights taken from a shipped bundle (one network replaced, the other kept): that bundle's
+    training record of this file, so re-bundling never loses how the kept network was trained."""
+    path = weights.parent / MANIFEST
+    if not path.is_file():
+        return {}
+    manifest = json.loads(path.read_text())
+    for network, entry in manifest.get("networks", {}).items():
+        if entry.get("file") == weights.name and network in manifest.get("training", {}):
+            record = {**manifest["training"][network], "from_bundle": manifest.get("name", "")}
+            if "warm_start" in manifest:
+                record["warm_start"] = manifest["warm_start"]
+            return record
     return {}
 
 

@@ -86,6 +86,8 @@ def run_bundle(args) -> int:
 
         base = read_manifest(resolve_model(args.warm_start_from))
         extra["warm_start"] = {"model": args.warm_start_from, "training": base.get("training", {})}
+        if "warm_start" in base:  # the whole lineage, not only the last link
+            extra["warm_start"]["warm_start"] = base["warm_start"]
     if args.evaluation:
         from ..evaluation.harness import headline_means, read_results
 
