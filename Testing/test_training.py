@@ -169,6 +169,7 @@ def test_rebundling_keeps_the_kept_networks_record_and_the_lineage(tmp_path):
     again = json.loads((second / "manifest.json").read_text())
     assert again["training"]["box2mask"]["steps_done"] == 2 and again["training"]["box2mask"]["from_bundle"] == "tiny"
     assert again["warm_start"]["training"]["box2mask"]["steps_done"] == 2
+    assert again["warm_start"]["networks"] == json.loads((first / "manifest.json").read_text())["networks"]  # which files, by sha256
     third = tmp_path / "third"
     assert main(["bundle", "--name", "tiny", "--box2mask", str(second / "tiny_box2mask.pt"), "--propmask",
                  str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(third), "--warm-start-from", str(second)]) == 0

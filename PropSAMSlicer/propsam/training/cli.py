@@ -85,7 +85,8 @@ def run_bundle(args) -> int:
         from ..weights import read_manifest, resolve_model
 
         base = read_manifest(resolve_model(args.warm_start_from))
-        extra["warm_start"] = {"model": args.warm_start_from, "training": base.get("training", {})}
+        extra["warm_start"] = {"model": args.warm_start_from, "networks": base.get("networks", {}),  # files and sha256
+                               "training": base.get("training", {})}
         if "warm_start" in base:  # the whole lineage, not only the last link
             extra["warm_start"]["warm_start"] = base["warm_start"]
     if args.evaluation:
