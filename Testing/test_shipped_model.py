@@ -69,10 +69,16 @@ def test_v1_stays_loadable_and_its_manifest_matches_its_results():
 
 
 def test_shipped_v2_records_its_warm_start_and_memory():
+    """The manifest keeps the whole lineage: v2.1's PropMask continues v2's, which continued v1's."""
     manifest = read_manifest(SHIPPED_MODELS_DIR / "lite" / "manifest.json")
     assert manifest["config"]["propmask"]["prompt_memory"]
-    assert manifest["warm_start"]["model"] == "lite_v1"
-    assert manifest["training"]["propmask"]["tasks_seen"] + manifest["warm_start"]["training"]["propmask"]["tasks_seen"] > 100_000
+    chain, link, tasks = [], manifest, manifest["training"]["propmask"]["tasks_seen"]
+    while "warm_start" in link:
+        link = link["warm_start"]
+        chain.append(link["model"])
+        tasks += link["training"]["propmask"]["tasks_seen"]
+    assert chain == ["lite", "lite_v1"] and tasks > 100_000
+    assert manifest["training"]["propmask"]["recipe"]["end_fraction"] == 0.5
 
 
 def test_shipped_weights_hold_cpu_tensors_only():
