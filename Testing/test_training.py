@@ -174,3 +174,8 @@ def test_rebundling_keeps_the_kept_networks_record_and_the_lineage(tmp_path):
     assert main(["bundle", "--name", "tiny", "--box2mask", str(second / "tiny_box2mask.pt"), "--propmask",
                  str(tmp_path / "pm" / "propmask.pt"), "--out-dir", str(third), "--warm-start-from", str(second)]) == 0
     assert json.loads((third / "manifest.json").read_text())["warm_start"]["warm_start"]["model"] == str(first)
+
+
+def test_a_missing_warm_start_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_from .*nowhere.pt does not exist"):
+        Trainer(tiny_config(tmp_path / "a", init_from=str(tmp_path / "nowhere.pt")))

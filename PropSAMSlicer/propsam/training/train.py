@@ -144,6 +144,8 @@ class Trainer:
     def _warm_start(self, path: Path) -> None:
         """Load a weights file's tensors; only parts the file cannot have (the prompt memory, the
         mask candidates) stay new."""
+        if not path.is_file():  # e.g. v2's PropMask, which v2.1 replaced: results/end_fraction_cpu/README.md says how to get it
+            raise FileNotFoundError(f"init_from {path} does not exist (see the recipe's results README for where it comes from)")
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         missing, unexpected = self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         new_parts = [k for k in missing if not k.startswith(("memory_attention.", "alternatives.", "quality."))]
