@@ -13,7 +13,7 @@ import torch
 from ..config import ModelConfig, NetworkConfig
 from ..errors import InputError, WeightsError
 from ..io.atomic import atomic_path
-from ..weights import MANIFEST, NETWORKS, write_manifest
+from ..weights import MANIFEST, NETWORKS, read_manifest, write_manifest
 from .checkpoint import FILENAME as CHECKPOINT_FILENAME, load_checkpoint
 
 BUNDLE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # becomes part of the weights' file names
@@ -32,10 +32,9 @@ def _run_summary(weights: Path) -> dict:
         return _log_summary(weights) or _bundle_summary(weights)
     state = load_checkpoint(checkpoint)
     cfg = state.get("train_config", {})
-    keep = RECIPE_RECORD
     try:
         return {"steps_done": int(state["step"]), "tasks_seen": int(state["tasks_seen"]),
-                "recipe": {k: cfg[k] for k in keep if k in cfg}}
+                "recipe": {k: cfg[k] for k in RECIPE_RECORD if k in cfg}}
     except (KeyError, TypeError, ValueError):
         raise WeightsError(f"checkpoint {checkpoint} lacks the step count of its run") from None
 
@@ -65,8 +64,8 @@ def _bundle_summary(weights: Path) -> dict:
     path = weights.parent / MANIFEST
     if not path.is_file():
         return {}
-    manifest = json.loads(path.read_text())
-    for network, entry in manifest.get("networks", {}).items():
+    manifest = read_manifest(path)
+    for network, entry in manifest["networks"].items():
         if entry.get("file") == weights.name and network in manifest.get("training", {}):
             record = {**manifest["training"][network], "from_bundle": manifest.get("name", "")}
             if "warm_start" in manifest:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .atlas import Atlas, build_atlas
 from .pack import PackedVolume
 from .sources import MIN_OBJECT_VOXELS
-from .synthesis import MAX_CROP
+from .synthesis import MAX_CROP, check_lesion_kinds
 
 STYLES = ("ct", "mr", "pet")
 
@@ -222,10 +222,7 @@ def _plant_stack(out, labels, grid, extent, spread, gen):
 def plant_lesions(image: torch.Tensor, spacing_zyx, gen, kinds: tuple[str, ...] = ("blob",)) -> tuple[torch.Tensor, torch.Tensor]:
     """synthesis.plant_lesions in torch: 1-2 groups, each one of `kinds` (blob chains, tapering
     lesions, stacks parted by discs), one label per object."""
-    from .synthesis import LESION_KINDS
-
-    if not kinds or set(kinds) - set(LESION_KINDS):
-        raise ValueError(f"lesion kinds must be among {LESION_KINDS}, got {list(kinds)}")
+    check_lesion_kinds(kinds)
     device = image.device
     labels = torch.zeros(image.shape, dtype=torch.int16, device=device)
     sample = image.reshape(-1)[:: max(1, image.numel() // 200_000)].float()

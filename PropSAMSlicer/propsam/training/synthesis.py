@@ -140,6 +140,12 @@ def anatomy_objects(labels: np.ndarray, rng: np.random.Generator, unions: int = 
 LESION_KINDS = ("blob", "tapering", "stack")
 
 
+def check_lesion_kinds(kinds) -> None:
+    """Both samplers' planting (this module's and device_synth's) takes kinds among LESION_KINDS."""
+    if not kinds or set(kinds) - set(LESION_KINDS):
+        raise ValueError(f"lesion kinds must be among {LESION_KINDS}, got {list(kinds)}")
+
+
 def _paint(out: np.ndarray, labels: np.ndarray, dist: np.ndarray, level, rng: np.random.Generator) -> bool:
     """Give the free voxels inside `dist < 1` a new label and add `level` (a number, or a field)
     with a soft, partial-volume edge and some texture. False when too few voxels were free."""
@@ -209,9 +215,7 @@ def plant_lesions(image: np.ndarray, spacing_zyx, rng: np.random.Generator,
     "tapering", a small drawn-out lesion with thin, fading tails; "stack", same-size objects parted
     by thin discs. With the default kinds the random draws are those of the blob-only recipe.
     """
-    unknown = set(kinds) - set(LESION_KINDS)
-    if unknown or not kinds:
-        raise ValueError(f"lesion kinds must be among {LESION_KINDS}, got {list(kinds)}")
+    check_lesion_kinds(kinds)
     labels = np.zeros(image.shape, np.int16)
     spread = float(np.percentile(image, 99) - np.percentile(image, 1)) or 1.0
     grid = np.meshgrid(*[np.arange(n) * s for n, s in zip(image.shape, spacing_zyx)], indexing="ij", sparse=True)
