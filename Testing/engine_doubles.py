@@ -7,19 +7,24 @@ axis handling, geometry) can be checked against the true shape.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
 
 class ThresholdPropMask(nn.Module):
-    def __init__(self, level: float = 0.02, with_presence: bool = True):
+    def __init__(self, level: float = 0.02, with_presence: bool = True, in_channels: int = 1, reads: int = 0):
         super().__init__()
         self.level = level
         self.with_presence = with_presence
         self.calls = 0
+        self.config = SimpleNamespace(in_channels=in_channels)  # the engine reads the input layout here
+        self.reads = reads  # of a 2.5D input's channels (behind, the slice, ahead), the one thresholded
 
     def forward(self, guide_image, guide_mask, adjacent):
         self.calls += 1
+        adjacent = adjacent[:, :, self.reads : self.reads + 1]
         logits = 40 * (adjacent - self.level)
         out = {"masks": [logits]}
         if self.with_presence:

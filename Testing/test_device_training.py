@@ -169,15 +169,16 @@ def test_device_synthesis_is_seeded_and_labels_its_objects():
     assert batch["adjacent"].shape == (4, 2, 1, 32, 32)
 
 
-def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_path):
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_path, in_channels):
     """The device command's path (training CLI, pack, device sampler) in a process where SimpleITK,
-    pydicom and highdicom cannot be imported, as on the lent GPU machine."""
+    pydicom and highdicom cannot be imported, as on the lent GPU machine; 2D and 2.5D."""
     recipe = json.loads((REPO / "PropSAMSlicer/propsam/training/recipes/lite_v2_propmask_gpu.json").read_text())
     recipe.update(out_dir=str(tmp_path / "run"), pack=str(pack), synthesis_maps=["a"], init_from="", batch_size=2,
                   adjacent=2, max_minutes=0.1, checkpoint_minutes=0.02, warmup_steps=2, log_every=1, threads=1,
                   device_sampler={"synth_refresh_every": 3, "synthesis": {"volumes": 2, "groups": 1, "max_crop": [16, 32, 32]}},
                   network_overrides={"prompt_memory": True, "image_size": 32, "base_channels": 4, "max_channels": 16,
-                                     "stages": 4, "attention_stages": 2})
+                                     "stages": 4, "attention_stages": 2, "in_channels": in_channels})
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     block = "import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('SimpleITK', 'pydicom', 'highdicom')]; "
     run = (f"{block}sys.argv = ['x', 'train', '--config', {str(tmp_path / 'recipe.json')!r}, '--weights-dir', "
@@ -194,7 +195,8 @@ def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_pa
 
     weights = tmp_path / "out" / "propmask.pt"
     config = NetworkConfig.from_dict(torch.load(weights, weights_only=True)["config"])
-    assert config.prompt_memory and load_network(weights, config, sha256_of(weights)) is not None
+    assert config.prompt_memory and config.in_channels == in_channels
+    assert load_network(weights, config, sha256_of(weights)) is not None
     assert "SimpleITK" not in result.stdout + result.stderr
 
 

@@ -174,7 +174,7 @@ def test_prompt_memory_starts_as_a_no_op_and_then_matters():
     torch.manual_seed(0)
     net = build_network(memory_config()).eval()
     g, m, adj = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float(), torch.rand(2, 3, 1, 32, 32)
-    mem_i, mem_m = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    mem_i, mem_m = torch.rand(2, 1, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
     with torch.no_grad():
         without = net(g, m, adj)["masks"][0]
         with_memory = net(g, m, adj, mem_i, mem_m)["masks"][0]
@@ -191,7 +191,7 @@ def test_memory_tasks_carry_the_prompt_slice():
     sources = [phantom_source(s, 1.0) for s in range(2)]
     opt = TaskOptions(memory=True, perturb_guide=1.0, adjacent=3)
     task = sample_propmask_task(sources, np.random.default_rng(2), opt)
-    assert task["memory_image"].shape == (1, 96, 96) and task["memory_mask"].sum() > 0
+    assert task["memory_image"].shape == (1, 1, 96, 96) and task["memory_mask"].sum() > 0
     assert task["adjacent"].shape == (3, 1, 96, 96) and task["presence"].shape == (3,)
 
 
@@ -244,8 +244,8 @@ def test_a_memory_of_several_slices_is_one_key_value_set():
     for block in net.memory_attention:
         torch.nn.init.normal_(block.out_proj.weight, 0, 0.1)
     g, m, adj = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float(), torch.rand(2, 3, 1, 32, 32)
-    mem_i, mem_m = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
-    other_i, other_m = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    mem_i, mem_m = torch.rand(2, 1, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    other_i, other_m = torch.rand(2, 1, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
     with torch.no_grad():
         one = net(g, m, adj, mem_i, mem_m)["masks"][0]
         twice = net(g, m, adj, torch.cat([mem_i, mem_i], 1), torch.cat([mem_m, mem_m], 1))["masks"][0]
@@ -260,7 +260,7 @@ def test_memory_tasks_carry_the_previous_guides():
     sources = [phantom_source(s, 1.0) for s in range(2)]
     opt = TaskOptions(memory=True, memory_slices=3, adjacent=3)
     task = sample_propmask_task(sources, np.random.default_rng(2), opt)
-    assert task["memory_image"].shape == (3, 96, 96) and task["memory_mask"].shape == (3, 96, 96)
+    assert task["memory_image"].shape == (3, 1, 96, 96) and task["memory_mask"].shape == (3, 96, 96)
     assert task["memory_mask"][0].sum() > 0  # the prompt slice holds the object
 
 

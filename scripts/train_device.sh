@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train PropMask and Box2Mask at once on one lent GPU, within one device command (< 9 min).
 #   bash scripts/train_device.sh OUT_DIR [MINUTES]
+# RUNS="name:recipe.json ..." picks other runs to put side by side, e.g. the 2D and the 2.5D PropMask:
+#   RUNS="propmask:lite_v2_propmask_gpu.json propmask_context3:lite_v2_propmask_context3_gpu.json"
 # Needs cache/train_pack.npz (`propsam pack-data --out cache/train_pack.npz`, carried to the device).
 # Reads nothing else but the repository (shipped weights for the warm start) and needs no SimpleITK.
 # Writes into OUT_DIR, every file < 16 MiB (the device tool's limit): box2mask.pt, propmask.pt split
@@ -14,6 +16,7 @@ OUT=${1:?usage: train_device.sh OUT_DIR [MINUTES]}
 MINUTES=${2:-7.5}
 PYTHON=${PYTHON:-python3}
 RECIPES=${RECIPES:-PropSAMSlicer/propsam/training/recipes}  # lite_v2_{propmask,box2mask}_gpu.json in there
+RUNS=${RUNS:-"propmask:lite_v2_propmask_gpu.json box2mask:lite_v2_box2mask_gpu.json"}
 mkdir -p "$OUT"
 [ -f cache/train_pack.npz ] || { echo "cache/train_pack.npz is missing: run propsam pack-data and carry cache/" >&2; exit 2; }
 export PYTHONPATH="$PWD/PropSAMSlicer${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -26,24 +29,26 @@ if [ "${PREFLIGHT:-1}" = 1 ]; then
 fi
 GUARD=$("$PYTHON" -c "print(int(float('$MINUTES') * 60 + 60))")  # the run stops itself; this only guards a hang
 pids=()
-for NET in propmask box2mask; do
-  timeout -s INT "$GUARD" "$PYTHON" -m propsam.training.cli train --config "$RECIPES/lite_v2_${NET}_gpu.json" \
-    --out-dir "runs/device_$NET" --weights-dir "runs/device_$NET/export" --max-minutes "$MINUTES" \
-    > "$OUT/$NET.log" 2>&1 &
+for RUN in $RUNS; do
+  NAME=${RUN%%:*}
+  timeout -s INT "$GUARD" "$PYTHON" -m propsam.training.cli train --config "$RECIPES/${RUN#*:}" \
+    --out-dir "runs/device_$NAME" --weights-dir "runs/device_$NAME/export" --max-minutes "$MINUTES" \
+    > "$OUT/$NAME.log" 2>&1 &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-for NET in propmask box2mask; do
-  W="runs/device_$NET/export/$NET.pt"
-  [ -f "$W" ] || { echo "$NET: no weights written" >> "$OUT/summary.txt"; continue; }
-  echo "$NET.pt $(sha256sum "$W" | cut -d' ' -f1) $(stat -c %s "$W") bytes" >> "$OUT/summary.txt"
+for RUN in $RUNS; do
+  NAME=${RUN%%:*}
+  W=$(ls runs/device_$NAME/export/*.pt 2>/dev/null | head -n 1)  # the network's kind names the file
+  [ -n "$W" ] || { echo "$NAME: no weights written" >> "$OUT/summary.txt"; continue; }
+  echo "$NAME.pt $(sha256sum "$W" | cut -d' ' -f1) $(stat -c %s "$W") bytes" >> "$OUT/summary.txt"
   if [ "$(stat -c %s "$W")" -gt $((15 * 1024 * 1024)) ]; then
-    split -b 15M -d -a 2 "$W" "$OUT/$NET.pt.part"
+    split -b 15M -d -a 2 "$W" "$OUT/$NAME.pt.part"
   else
-    cp "$W" "$OUT/$NET.pt"
+    cp "$W" "$OUT/$NAME.pt"
   fi
-  "$PYTHON" - "$OUT/$NET.log" "$NET" >> "$OUT/summary.txt" <<'PY'
+  "$PYTHON" - "$OUT/$NAME.log" "$NAME" >> "$OUT/summary.txt" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 steps = [r for r in rows if "tasks_per_s" in r]

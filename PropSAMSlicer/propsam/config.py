@@ -24,7 +24,7 @@ class NetworkConfig:
     base_channels: int
     max_channels: int
     stages: int = 6
-    in_channels: int = 1
+    in_channels: int = 1  # PropMask: 2r + 1 reads each slice with r neighbours on each side (engine/slice_context.py)
     attention_stages: int = 4
     attention_head_dim: int = 32
     positional_encoding: bool = False  # added to Q and K; no parameters
@@ -46,6 +46,10 @@ class NetworkConfig:
             raise InputError(f"image_size {self.image_size} must be divisible by 2**{self.stages - 1}")
         if self.network == "propmask" and not 1 <= self.attention_stages <= self.stages:
             raise InputError(f"attention_stages must be within 1..{self.stages}")
+        if self.network == "box2mask" and self.in_channels != 1:
+            raise InputError(f"Box2Mask reads one slice: in_channels must be 1, got {self.in_channels}")
+        if self.in_channels < 1 or self.in_channels % 2 == 0:
+            raise InputError(f"in_channels must be odd (the slice and as many neighbours on each side), got {self.in_channels}")
         if self.mask_candidates < 1:
             raise InputError(f"mask_candidates must be at least 1, got {self.mask_candidates}")
         if self.memory_slices < 1:

@@ -21,6 +21,7 @@ from .control import CancelToken, ProgressCallback
 from .device import autocast_for
 from .intensity import apply_window, window_from_values
 from .roi import crop_to_model, paste_from_model, roi_grid, slice_extent, square_roi
+from .slice_context import context_slices
 from .tta import mean_over, mean_turned_back, stack_turned
 
 
@@ -236,22 +237,27 @@ def _predict_round(net, size, volume, batch, spacing_rc, context, lo, hi, window
     previous guides (the prompt again where there are fewer), cropped like each side's guide.
     """
     memory_slices = net.config.memory_slices if memory is not None else 0
+    channels = net.config.in_channels  # 2.5D: each slice with its neighbours along this side's direction
+
+    def crop_images(indices, side, grid):  # (N,) slice indices -> (N, C, S, S)
+        around = context_slices(np.asarray(indices), side.direction, channels, volume.shape[0]).ravel()
+        planes = torch.from_numpy(np.ascontiguousarray(volume[around], dtype=np.float32))
+        return crop_to_model(apply_window(planes, lo, hi), grid).unflatten(0, (len(indices), channels))
+
     images, masks, adjacent, rois, mem_images, mem_masks = [], [], [], [], [], []
     for side, targets in batch:
         roi = square_roi(side.mask, spacing_rc, context)
         grid = roi_grid(roi, size, volume.shape[1:])
         padded = targets + [targets[-1]] * (window - len(targets))
-        planes = torch.from_numpy(np.ascontiguousarray(volume[[side.guide] + padded], dtype=np.float32))
-        x = crop_to_model(apply_window(planes, lo, hi), grid)
+        x = crop_images([side.guide] + padded, side, grid)
         m = crop_to_model(torch.from_numpy(side.mask[None].astype(np.float32)), grid)
-        images.append(x[:1])
+        images.append(x[0])
         masks.append((m > 0.5).float())
-        adjacent.append(x[1:, None])
+        adjacent.append(x[1:])
         rois.append(roi)
         if memory is not None:
             held = ([memory] + side.earlier + [memory] * memory_slices)[:memory_slices]  # earlier: at most M - 1
-            mem_planes = np.stack([volume[index] for index, _ in held]).astype(np.float32)
-            mem_images.append(crop_to_model(apply_window(torch.from_numpy(mem_planes), lo, hi), grid))
+            mem_images.append(crop_images([index for index, _ in held], side, grid))
             mem_masks.append((crop_to_model(torch.from_numpy(np.stack([m for _, m in held]).astype(np.float32)), grid) > 0.5).float())
     tensors = (images, masks, adjacent) + ((mem_images, mem_masks) if memory is not None else ())
     inputs = [stack_turned(torch.stack(t), orientations).to(device) for t in tensors]

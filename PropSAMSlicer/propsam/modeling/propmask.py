@@ -10,6 +10,9 @@ and not only with the last, possibly drifted, guide (as SAM2-style memories do).
 projection starts at zero: a network warm-started from one without memory begins unchanged.
 With `memory_slices` M > 1 the memory also holds the side's M - 1 previous guides (recent
 accepted slices): one key/value set of M slices' tokens, so no new parameters.
+
+With `in_channels` C > 1 (2.5D) every image is C slices: the slice with its neighbours behind and
+ahead of it along the propagation (engine/slice_context.py); masks stay one slice.
 """
 
 from __future__ import annotations
@@ -59,9 +62,9 @@ class PropMask(nn.Module):
 
     def forward(self, guide_image: torch.Tensor, guide_mask: torch.Tensor, adjacent: torch.Tensor,
                 memory_image: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> dict:
-        """guide_image, guide_mask (B, 1, S, S); adjacent (B, K, 1, S, S), all in [0, 1];
-        memory_image, memory_mask (B, M, S, S): the prompt slice, then the previous guides, in the
-        same crop (optional; used only by a network built with prompt_memory, and left out to
+        """guide_image (B, C, S, S), guide_mask (B, 1, S, S); adjacent (B, K, C, S, S), all in [0, 1];
+        memory_image (B, M, C, S, S), memory_mask (B, M, S, S): the prompt slice, then the previous
+        guides, in the same crop (optional; used only by a network built with prompt_memory, and left out to
         switch the memory off).
 
         Returns "masks": logits (B, K, 1, s, s) per decoder stage (full resolution first), and
@@ -71,7 +74,7 @@ class PropMask(nn.Module):
         b, k = adjacent.shape[:2]
         use_memory = self.memory_attention is not None and memory_image is not None and memory_mask is not None
         m = memory_image.shape[1] if use_memory else 0
-        leading = [guide_image, memory_image.flatten(0, 1)[:, None]] if use_memory else [guide_image]
+        leading = [guide_image, memory_image.flatten(0, 1)] if use_memory else [guide_image]
         image_features = self.image_encoder(torch.cat(leading + [adjacent.flatten(0, 1)], dim=0))
         mask_features = self.mask_encoder(torch.cat([guide_mask, memory_mask.flatten(0, 1)[:, None]]) if use_memory else guide_mask)
         first_adjacent = (1 + m) * b

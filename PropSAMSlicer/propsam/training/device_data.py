@@ -3,7 +3,7 @@
 The data stay on the device (atlas.Atlas) and a whole batch of PropMask tasks or Box2Mask crops
 is drawn with vectorised tensor operations: the same recipe as tasks.py (object by weight, axis,
 guide slice with a share near the object's end, K adjacent slices within the propagation
-thickness, the prompt-memory slice behind the guide (and the previous guides), perturbed guides, the square ROI with
+thickness (each with its neighbours for a 2.5D network), the prompt-memory slice behind the guide (and the previous guides), perturbed guides, the square ROI with
 context and jitter, the 8 in-plane orientations plus a free angle for PropMask, percentile
 windows, brightness/contrast, presence and position targets) and the same keys and shapes, so
 the Trainer and the losses are shared. Where tasks.py works on full-resolution pixels (percentile
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.slice_context import context_slices
 from .atlas import Atlas, build_atlas
 from .pack import PackedVolume, load_pack
 from .sources import objects_from_labels
@@ -268,19 +269,21 @@ def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
     centre_c = (box[:, 1] + box[:, 3]) / 2 + _uniform(gen, n, -0.1, 0.1, device) * half_c
     angle, flip = _orientation(gen, n, device, free_angle=True, augment=opt.augment)
     rows, cols = roi_points(centre_r, centre_c, half_r, half_c, opt.image_size, angle, flip)
-    planes = sample_planes(atlas, obj, axis, slices, rows, cols)
-    y = (planes.mask() > 0.5).float()
+    c = opt.in_channels  # 2.5D: each plane with its neighbours along the propagation (as tasks.py)
+    around = context_slices(slices, direction[:, None], c, vol_len[:, None]).flatten(1)  # (B, P * C)
+    planes = sample_planes(atlas, obj, axis, around, rows, cols)
+    y = (planes.mask()[:, c // 2 :: c] > 0.5).float()
     scale = opt.image_size / (2 * torch.maximum(half_r, half_c))
     guide_mask = torch.where(perturbed[:, None, None], _perturb(y[:, 0], kind, steps, scale, gen), y[:, 0])
     y = torch.cat([guide_mask[:, None], y[:, 1:]], 1)
     prompt = k + 1 if opt.memory else 0  # the prompt's window, as at inference
-    lo, hi = masked_percentiles(planes.raw()[:, prompt].flatten(1), y[:, prompt].flatten(1) > 0.5,
+    lo, hi = masked_percentiles(planes.raw()[:, prompt * c + c // 2].flatten(1), y[:, prompt].flatten(1) > 0.5,
                                 _uniform(gen, n, 0, 2, device), _uniform(gen, n, 98, 100, device))
-    x = planes.windowed(lo, hi)
+    x = planes.windowed(lo, hi).unflatten(1, (slices.shape[1], c))
     if opt.augment:
         x = brightness_contrast(x, gen)
     task = {
-        "guide_image": x[:, :1], "guide_mask": y[:, :1], "adjacent": x[:, 1 : k + 1, None], "target": y[:, 1 : k + 1, None],
+        "guide_image": x[:, 0], "guide_mask": y[:, :1], "adjacent": x[:, 1 : k + 1], "target": y[:, 1 : k + 1, None],
         "presence": (areas.gather(1, slices[:, 1 : k + 1]) > 0).float(),
         "position": (direction[:, None] * chosen / window[:, None]).float(),
     }

@@ -1,7 +1,7 @@
 """Training samples for both networks, drawn from real volumes and phantoms.
 
 A PropMask task is a guiding slice, its mask and K adjacent slices within the propagation
-thickness on one side, cropped by the same square ROI as at inference. A share of guides is
+thickness on one side (each image slice with its neighbours for a 2.5D network), cropped by the same square ROI as at inference. A share of guides is
 taken near an object's end so that some targets are empty: that is how stopping is learned.
 """
 
@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from ..engine.intensity import apply_window, window_from_values
 from ..engine.roi import Roi, box_roi, crop_to_model, mask_bbox, roi_grid, square_roi
+from ..engine.slice_context import context_slices
 from .sources import LabelledObject, SourceVolume
 
 MIN_GUIDE_AREA = 16
@@ -30,6 +31,7 @@ class TaskOptions:
     memory: bool = False  # also return the "prompt slice" (image + mask) behind the guide
     memory_slices: int = 1  # ... and (memory_slices - 1) previous guides between it and the guide
     perturb_guide: float = 0.0  # share of tasks whose guide mask is slightly wrong (memory corrects it)
+    in_channels: int = 1  # 2.5D: each image slice with its neighbours along the propagation (slice_context.py)
     context: tuple[float, float] = (1.0, 2.0)
     box_scale: tuple[float, float] = (1.0, 1.25)
     augment: bool = True
@@ -139,7 +141,8 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
             memory = int(rng.choice(behind))
         indices = np.concatenate([indices, [memory] + previous_guides(guide, memory, direction, window, opt.memory_slices)])
 
-    images = _planes(source.image, axis, indices)
+    c = opt.in_channels
+    images = _planes(source.image, axis, context_slices(indices, direction, c, length).ravel())  # (P * C, rows, cols)
     masks = _object_planes(obj, source.image.shape, axis, indices)
     if rng.random() < opt.perturb_guide:
         masks[0] = _perturb_guide(masks[0], rng)
@@ -150,15 +153,15 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
     aug = _augmentation(rng, opt.augment, free_angle=True) if opt.augment else {}
     grid = roi_grid(roi, opt.image_size, images.shape[1:], **aug)
     prompt = opt.adjacent + 1 if opt.memory else 0
-    lo, hi = window_from_values(images[prompt][masks[prompt]],
+    lo, hi = window_from_values(images[prompt * c + c // 2][masks[prompt]],
                                 rng.uniform(0, 2), rng.uniform(98, 100))  # the prompt's window, as at inference
-    x = crop_to_model(apply_window(torch.from_numpy(images), lo, hi), grid)
+    x = crop_to_model(apply_window(torch.from_numpy(images), lo, hi), grid).unflatten(0, (len(indices), c))
     if opt.augment:
         x = _brightness_contrast(x, rng)
     y = (crop_to_model(torch.from_numpy(masks.astype(np.float32)), grid) > 0.5).float()
     k = opt.adjacent
     task = {
-        "guide_image": x[:1], "guide_mask": y[:1], "adjacent": x[1 : k + 1, None], "target": y[1 : k + 1, None],
+        "guide_image": x[0], "guide_mask": y[:1], "adjacent": x[1 : k + 1], "target": y[1 : k + 1, None],
         "presence": torch.from_numpy(areas[indices[1 : k + 1]] > 0).float(),
         "position": torch.from_numpy(direction * chosen / window).float(),
     }

@@ -89,6 +89,18 @@ def cosine_lr(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _widened(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A 2D network's first convolution (O, 1, kh, kw) as a 2.5D one's (O, C, kh, kw): the slice's
+    own channel (the centre) keeps the weights, the neighbours' start at zero, so the warm-started
+    network begins as the 2D one. Any other tensor is returned as it is."""
+    if weight.dim() == 4 and weight.shape[1] == 1 and len(shape) == 4 and shape[1] > 1 and shape[0] == weight.shape[0] \
+            and shape[2:] == weight.shape[2:]:
+        wide = weight.new_zeros(shape)
+        wide[:, shape[1] // 2] = weight[:, 0]
+        return wide
+    return weight
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -130,7 +142,8 @@ class Trainer:
                                state=self.synth_state, lesion_kinds=tuple(cfg.lesion_kinds), lesion_share=cfg.lesion_share)
         self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
                                    memory=self.net_config.prompt_memory, memory_slices=self.net_config.memory_slices,
-                                   perturb_guide=cfg.perturb_guide, end_fraction=cfg.end_fraction)
+                                   perturb_guide=cfg.perturb_guide, end_fraction=cfg.end_fraction,
+                                   in_channels=self.net_config.in_channels)
         self.device_sampler = None
         if on_device:
             from .device_data import DeviceSampler
@@ -143,11 +156,13 @@ class Trainer:
 
     def _warm_start(self, path: Path) -> None:
         """Load a weights file's tensors; only parts the file cannot have (the prompt memory, the
-        mask candidates) stay new."""
+        mask candidates, a 2.5D network's neighbour channels) stay new."""
         if not path.is_file():  # e.g. v2's PropMask, which v2.1 replaced: results/end_fraction_cpu/README.md says how to get it
             raise FileNotFoundError(f"init_from {path} does not exist (see the recipe's results README for where it comes from)")
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        missing, unexpected = self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        own = self.net.state_dict()
+        state = {k: _widened(v.float(), own[k].shape) if k in own else v.float() for k, v in state.items()}
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
         new_parts = [k for k in missing if not k.startswith(("memory_attention.", "alternatives.", "quality."))]
         if new_parts or unexpected:
             raise RuntimeError(f"{path} does not fit this network: missing {new_parts[:3]}, unexpected {unexpected[:3]}")
