@@ -62,10 +62,10 @@ class PropMask(nn.Module):
 
     def forward(self, guide_image: torch.Tensor, guide_mask: torch.Tensor, adjacent: torch.Tensor,
                 memory_image: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> dict:
-        """guide_image (B, C, S, S), guide_mask (B, 1, S, S); adjacent (B, K, C, S, S), all in [0, 1];
-        memory_image (B, M, C, S, S), memory_mask (B, M, S, S): the prompt slice, then the previous
-        guides, in the same crop (optional; used only by a network built with prompt_memory, and left out to
-        switch the memory off).
+        """guide_image (B, C, S, S), guide_mask (B, 1, S, S); adjacent (B, K, C, S, S), all in
+        [0, 1]; memory_image (B, M, C, S, S), memory_mask (B, M, S, S): the prompt slice, then the
+        previous guides, in the same crop (optional; used only by a network built with
+        prompt_memory, and left out to switch the memory off). C is in_channels (1 for 2D).
 
         Returns "masks": logits (B, K, 1, s, s) per decoder stage (full resolution first), and
         where configured "presence" (B, K) logits, "boundary" (B, K, 1, S, S) logits and

@@ -3,10 +3,11 @@
 The data stay on the device (atlas.Atlas) and a whole batch of PropMask tasks or Box2Mask crops
 is drawn with vectorised tensor operations: the same recipe as tasks.py (object by weight, axis,
 guide slice with a share near the object's end, K adjacent slices within the propagation
-thickness (each with its neighbours for a 2.5D network), the prompt-memory slice behind the guide (and the previous guides), perturbed guides, the square ROI with
-context and jitter, the 8 in-plane orientations plus a free angle for PropMask, percentile
-windows, brightness/contrast, presence and position targets) and the same keys and shapes, so
-the Trainer and the losses are shared. Where tasks.py works on full-resolution pixels (percentile
+thickness, each with its neighbours for a 2.5D network, the prompt-memory slice behind the guide
+(and the previous guides), perturbed guides, the square ROI with context and jitter, the 8
+in-plane orientations plus a free angle for PropMask, percentile windows, brightness/contrast,
+presence and position targets) and the same keys and shapes, so the Trainer and the losses are
+shared. Where tasks.py works on full-resolution pixels (percentile
 windows, the perturbed guide), this works on the crop's samples; the difference is that of a
 resampling.
 
