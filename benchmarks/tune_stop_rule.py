@@ -93,6 +93,12 @@ VARIANTS = {
     "growth 1.5x": dict(max_growth=1.5, max_area_ratio=0.0),
     "growth 2x": dict(max_growth=2.0, max_area_ratio=0.0),
     "growth 1.5x + leak limit 2x": dict(max_growth=1.5, max_area_ratio=2.0),
+    # the propagation window and the crop's context, with the shipped stop rule (leak limit 2x)
+    "thickness 10 mm": dict(thickness_mm=10.0, max_area_ratio=2.0),
+    "thickness 15 mm": dict(thickness_mm=15.0, max_area_ratio=2.0),
+    "thickness 30 mm": dict(thickness_mm=30.0, max_area_ratio=2.0),
+    "context 1.25": dict(context=1.25, max_area_ratio=2.0),
+    "context 2.0": dict(context=2.0, max_area_ratio=2.0),
 }
 
 
