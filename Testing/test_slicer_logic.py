@@ -781,6 +781,29 @@ def test_module_file_compiles_and_ui_binds_parameter_node_fields(tmp_path):
         assert button in names, button
 
 
+def test_thickness_and_context_defaults_are_the_engines_everywhere():
+    """The CLI, the logic's request and the panel repeat the engine's 20 mm / 1.5x as literals (the
+    CLI must not import torch for --help); they were tuned once (results/window_context_tuning/)
+    and must move together."""
+    from PropSAMSlicerLib import SegmentRequest
+
+    import argparse
+
+    from propsam.engine.cli import add_engine_options
+    from propsam.engine.propagation import PropagationOptions
+
+    engine = PropagationOptions()
+    cli = argparse.ArgumentParser()
+    add_engine_options(cli)  # `segment` and `segment-batch` alike
+    assert (cli.get_default("thickness_mm"), cli.get_default("context")) == (engine.thickness_mm, engine.context)
+    assert (SegmentRequest.thickness_mm, SegmentRequest.context) == (engine.thickness_mm, engine.context)
+    tree = ast.parse((MODULE_DIR / "PropSAMSlicer.py").read_text())
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PropSAMSlicerParameterNode")
+    panel = {n.target.id: ast.literal_eval(n.value) for n in wrapper.body
+             if isinstance(n, ast.AnnAssign) and n.target.id in ("thicknessMm", "context")}
+    assert (panel["thicknessMm"], panel["context"]) == (engine.thickness_mm, engine.context)
+
+
 def test_the_panels_leak_limit_matches_the_engine_and_reads_off_at_its_minimum():
     """The Advanced section's leak limit: its default is the engine's, its minimum (shown as "off")
     turns the limit off, every value in its range passes the logic's check, and Segment sends it."""
