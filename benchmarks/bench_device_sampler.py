@@ -1,7 +1,7 @@
 """Throughput of the device training path: batches alone, GPU synthesis, and training steps.
 
 Loads a training pack (`propsam pack-data`), then on the chosen device prints
-- PropMask tasks/s and Box2Mask crops/s of the device sampler alone (real + phantom volumes),
+- PropMask tasks/s (2D and 2.5D) and Box2Mask crops/s of the device sampler alone (real + phantom volumes),
 - synthetic volumes/s of device_synth (one group),
 - tasks/s of whole training steps (sampler + forward + backward + AdamW, bf16 autocast on CUDA)
   through the Trainer, for a tiny network and for lite, each for `--seconds`.
@@ -88,6 +88,9 @@ def main() -> int:
     n_pm, n_b2m = (256, 1024) if big else (16, 64)
     print(f"sampler PropMask (K=8, memory): {rate(lambda: sample_propmask_batch(atlas, n_pm, gen, opt), n_pm, 5, args.device):.1f} tasks/s "
           f"(batches of {n_pm})", flush=True)
+    wide = TaskOptions(memory=True, perturb_guide=0.25, in_channels=3)  # 2.5D: three planes per slice
+    print(f"sampler PropMask 2.5D (K=8, memory, 3 slices each): "
+          f"{rate(lambda: sample_propmask_batch(atlas, n_pm, gen, wide), n_pm, 5, args.device):.1f} tasks/s", flush=True)
     print(f"sampler Box2Mask: {rate(lambda: sample_box2mask_batch(atlas, n_b2m, gen, opt), n_b2m, 5, args.device):.1f} crops/s "
           f"(batches of {n_b2m})", flush=True)
     if args.compare_cpu:
