@@ -1,8 +1,9 @@
 """Training samples for both networks, drawn from real volumes and phantoms.
 
 A PropMask task is a guiding slice, its mask and K adjacent slices within the propagation
-thickness on one side (each image slice with its neighbours for a 2.5D network), cropped by the same square ROI as at inference. A share of guides is
-taken near an object's end so that some targets are empty: that is how stopping is learned.
+thickness on one side (each image slice with its neighbours for a 2.5D network), cropped by the
+same square ROI as at inference. A share of guides is taken near an object's end so that some
+targets are empty: that is how stopping is learned.
 """
 
 from __future__ import annotations
