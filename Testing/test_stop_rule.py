@@ -89,3 +89,49 @@ def test_a_correction_larger_than_the_prompt_is_not_cut_by_the_leak_limit():
     corrected, stats = propagate(ThresholdPropMask(), 32, volume, (1.0, 1.0, 1.0), 12, obj[12], device, options,
                                  bounds=(12, 23), reference=(5, obj[5]))
     assert corrected[12:22].any(axis=(1, 2)).all() and stats.extent == (12, 21)
+
+
+@pytest.mark.parametrize("presence, expected", [
+    ([1, 1, 0, 1], (2, False, 2, "")),  # an end two slices from the guide: judged again from slice 2
+    ([0, 1], (0, True, 1, FADED)),  # the guide's own neighbour fails: ended
+])
+def test_confirm_end_judges_an_end_again_from_its_neighbour(presence, expected):
+    opt = PropagationOptions(confirm_end=True)
+    assert _judge(planes(*[30] * len(presence)), np.array(presence, float), 3, np.inf, opt) == expected
+    assert _judge(planes(*[30] * len(presence)), np.array(presence, float), 3, np.inf, PropagationOptions())[1]  # off: ended
+
+
+class _ShortSighted:
+    """A PropMask double that sees the object only in the slice next to its guide: farther slices
+    come back empty and absent, as a faint tail may look from a far guide."""
+
+    def __new__(cls):
+        from engine_doubles import ThresholdPropMask
+
+        class Double(ThresholdPropMask):
+            def forward(self, guide_image, guide_mask, adjacent):
+                out = super().forward(guide_image, guide_mask, adjacent)
+                out["masks"][0][:, 1:] = -40.0
+                out["presence"][:, 1:] = -5.0
+                return out
+
+        return Double()
+
+
+@pytest.mark.parametrize("confirm", [False, True])
+def test_confirm_end_follows_an_object_a_far_guide_loses(confirm):
+    import torch
+
+    from propsam.engine.propagation import propagate
+
+    z, y, x = np.mgrid[:30, :64, :64]
+    obj = ((y - 32) ** 2 + (x - 32) ** 2 <= 36) & (z >= 5) & (z <= 24)
+    volume = np.where(obj, 100.0, 0.0).astype(np.float32)
+    options = PropagationOptions(thickness_mm=4.0, confirm_end=confirm)
+    mask, stats = propagate(_ShortSighted(), 32, volume, (1.0, 1.0, 1.0), 12, obj[12], torch.device("cpu"), options)
+    if confirm:
+        assert (mask >= obj).all() and mask.sum() < 1.5 * obj.sum()  # the object (resampled edges), ...
+        assert stats.extent == (5, 24)  # ... slice by slice to both true ends
+        assert stats.stop_reasons == {1: FADED, -1: FADED}
+    else:
+        assert stats.extent == (11, 13)  # each side ends after one slice, seen from too far

@@ -29,6 +29,7 @@ import numpy as np
 from propsam.engine.prompts import BoxPrompt, MaskPrompt
 from propsam.engine.roi import mask_bbox, slice_extent
 from propsam.engine.segmenter import Segmenter, SegmentOptions
+from propsam.engine.tta import parse_tta, tta_name
 from propsam.evaluation.metrics import dice
 from propsam.evaluation.objects import entry_objects
 from propsam.evaluation.report import bootstrap_ci
@@ -99,6 +100,13 @@ VARIANTS = {
     "thickness 30 mm": dict(thickness_mm=30.0, max_area_ratio=2.0),
     "context 1.25": dict(context=1.25, max_area_ratio=2.0),
     "context 2.0": dict(context=2.0, max_area_ratio=2.0),
+    # an end is judged again from the slice next to it (the shipped rule otherwise)
+    "confirm end": dict(confirm_end=True, max_area_ratio=2.0),
+    "confirm end + patience 2": dict(confirm_end=True, stop_patience=2, max_area_ratio=2.0),
+    # PropMask averaged over more in-plane orientations (Box2Mask's 8 as shipped; "tta" is the CLI's --tta)
+    "propmask tta 2": dict(tta="8x2", max_area_ratio=2.0),
+    "propmask tta 4": dict(tta="8x4", max_area_ratio=2.0),
+    "propmask tta 8": dict(tta="8x8", max_area_ratio=2.0),
 }
 
 
@@ -113,16 +121,34 @@ def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box
         first, last = slice_extent(truth, axis=0)
         made = {"mask": MaskPrompt(k, plane), "box": BoxPrompt(k, (c0, r0, max(c1, c0 + 1), max(r1, r0 + 1)))}
         for prompt_kind, prompt in ((kind, made[kind]) for kind in prompts):
-            options = SegmentOptions(propagation=replace(SegmentOptions().propagation, prompt_memory=memory, **kw))
+            rule = {k: v for k, v in kw.items() if k != "tta"}
+            options = SegmentOptions(propagation=replace(SegmentOptions().propagation, prompt_memory=memory, **rule),
+                                     tta=parse_tta(kw.get("tta", tta_name(SegmentOptions().tta))))
             start = time.perf_counter()
             result = seg.segment(volume, prompt, options)
             p_first, p_last = result.stats.extent
             rows.append({"variant": label, "prompt": prompt_kind, "object": name, "group": name.split(":")[0],
                          "dice": dice(result.mask, truth), "end_err": max(abs(p_first - first), abs(p_last - last)),
                          "short": int(p_first > first) + int(p_last < last), "seconds": time.perf_counter() - start,
-                         "prompt_dice": dice(result.prompt_mask, plane)})
+                         "prompt_dice": dice(result.prompt_mask, plane), **end_losses(result.mask, truth)})
             print(f"{label} | {prompt_kind} | {name} | {rows[-1]['dice']:.3f}", file=sys.stderr, flush=True)
     return rows
+
+
+def end_losses(mask: np.ndarray, truth: np.ndarray) -> dict:
+    """Where a run's Dice goes: `dice_no_run_on` is its Dice with the prediction cut to the true
+    extent (what ends that never ran on would give), `dice_shared_slices` its Dice over the slices
+    both extents share (the in-plane quality), `truth_beyond_ends` the share of the truth's voxels
+    on slices past the predicted ends (what ends that never stopped short would add back)."""
+    first, last = slice_extent(truth, axis=0)
+    p_first, p_last = slice_extent(mask, axis=0) if mask.any() else (first, first - 1)
+    lo, hi = max(first, p_first), min(last, p_last)
+    cut = np.zeros_like(mask)
+    cut[first : last + 1] = mask[first : last + 1]
+    outside = np.ones(truth.shape[0], bool)
+    outside[p_first : p_last + 1] = False
+    return {"dice_no_run_on": dice(cut, truth), "dice_shared_slices": dice(mask[lo : hi + 1], truth[lo : hi + 1]) if lo <= hi else 0.0,
+            "truth_beyond_ends": float(truth[outside].sum() / max(truth.sum(), 1))}
 
 
 def table(rows: list[dict], title: str) -> str:

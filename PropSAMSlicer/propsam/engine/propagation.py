@@ -45,6 +45,10 @@ class PropagationOptions:
     # tuning objects, never the evaluation set (results/stop_rule_tuning_real_v2.md)
     max_area_ratio: float = 2.0
     max_growth: float = 0.0  # a slice larger than this x the slice before it fails (a jump into a neighbour); 0: off
+    # an end found far from its guide is looked at again from the last passing slice, its neighbour:
+    # a far guide may miss a faint tail that the slice next to it still shows. Off: as many ends
+    # then run on as stop short (results/confirm_end/)
+    confirm_end: bool = False
     keep_connected: bool = True
     prompt_memory: bool = True  # show the prompt slice to a PropMask built with a memory (off: ablation)
 
@@ -210,8 +214,10 @@ def _judge(planes, presence, min_area: float, max_area: float, options: Propagat
     ends after `stop_patience` failures in a row, for the last one's reason; a shorter run of
     failures followed by a passing slice is a dip (a small lesion fading for a slice) and is
     accepted with its neighbours. A window that ends on pending failures hands the last passing
-    slice on as guide, so the failures are looked at again from there. Nothing accepted at all
-    ends the side (it never loops on the same guide).
+    slice on as guide, so the failures are looked at again from there. With confirm_end an end
+    after a passing slice of the window does not end the side either: the last passing slice
+    guides the next round, which judges the first failing slice from right next to it. Nothing
+    accepted at all ends the side (it never loops on the same guide).
     """
     accepted, run, last_area = 0, 0, guide_area
     why = ""
@@ -224,6 +230,8 @@ def _judge(planes, presence, min_area: float, max_area: float, options: Propagat
         if why:
             run += 1
             if run >= options.stop_patience:
+                if options.confirm_end and accepted > 0:  # not yet seen from its neighbour: again, from there
+                    return accepted, False, accepted, ""
                 return accepted, True, j + 1, why
         else:
             run, accepted, last_area = 0, j + 1, area
