@@ -326,6 +326,39 @@ def test_box2mask_and_propmask_tta_are_deterministic_and_switchable(segmenter):
         parse_tta("3x1")
 
 
+def test_propmask_averaging_left_to_the_device_is_two_on_a_gpu_and_one_on_the_cpu(monkeypatch):
+    """The default averages PropMask over 2 orientations on a GPU and 1 on the CPU; a set count
+    holds everywhere. The engine passes the resolved count to the propagation (a GPU is only named
+    here: the captured call is all that runs)."""
+    from propsam.engine import segmenter as segmenter_module
+    from propsam.engine.prompts import MaskPrompt
+    from propsam.engine.segmenter import SegmentOptions
+    from propsam.engine.tta import AUTO, TestTimeAugmentation, parse_tta, propmask_orientations, tta_name
+    from propsam.errors import InputError
+
+    default = TestTimeAugmentation()
+    assert default.propmask == AUTO and parse_tta("8xauto") == default and tta_name(default) == "8xauto"
+    assert [propmask_orientations(default, d) for d in ("cpu", "cuda", "cuda:1", "mps")] == [1, 2, 2, 2]
+    assert [propmask_orientations(parse_tta("8x4"), d) for d in ("cpu", "cuda")] == [4, 4]
+    with pytest.raises(InputError, match="--tta expects"):
+        parse_tta("8x0")
+
+    seen = []
+
+    def captured(*args, orientations, **kwargs):
+        seen.append(orientations)
+        return np.zeros(args[2].shape, np.uint8), segmenter_module.PropagationStats()
+
+    monkeypatch.setattr(segmenter_module, "propagate", captured)
+    obj = sphere_objects()[0]
+    prompt = MaskPrompt(obj.prompts.slice_index, obj.prompts.mask)
+    for device in ("cpu", "cuda"):
+        engine = Segmenter(named_config("lite"), {"box2mask": None, "propmask": None}, torch.device(device))
+        engine.segment(obj.volume, prompt)
+        engine.segment(obj.volume, prompt, SegmentOptions(tta=parse_tta("8x4")))
+    assert seen == [1, 4, 2, 4]
+
+
 def test_segment_cli_refuses_a_bad_tta_before_reading_anything(tmp_path, capsys):
     out = tmp_path / "m.nii.gz"
     assert main(["segment", "--image", str(tmp_path / "missing.nii.gz"), "--out", str(out), "--box", "1,1,5,5",

@@ -28,7 +28,8 @@ def add_engine_options(p) -> None:
                    help="a slice larger than this many times the prompt's area ends the object (a leak into a "
                    "neighbour; the prompt belongs on the object's largest slice); 0 = off (default: the engine's, 2)")
     p.add_argument("--tta", default=None, help="in-plane test-time averaging, BOX2MASKxPROPMASK orientations "
-                   "(1/2/4/8; 8x8 = slowest) or 'off' (default: the engine's, 8x1); the networks see each object in "
+                   "(1/2/4/8; 8x8 = slowest; PropMask's may be 'auto') or 'off' (default: the engine's, 8xauto: PropMask "
+                   "over 2 on a GPU, over 1 on the CPU, where 2 would pass the 2 s target); the networks see each object in "
                    "the pose its prompt picks, so the result does not depend on the stored axes; a '-stored' "
                    "suffix (e.g. 8x1-stored) shows them the slices as stored instead")
     p.add_argument("--force", action="store_true", help="replace existing output files")

@@ -55,7 +55,7 @@ from .prompts import AXES, AXIS_NAMES, BoxPrompt, MaskPrompt, _check_slice, plan
 from .propagation import PropagationStats, propagate, window_size
 from .roi import mask_bbox, slice_extent
 from .segmenter import SegmentOptions, SegmentResult, Segmenter, check_volume
-from .tta import ORIENTATIONS, Orientation
+from .tta import ORIENTATIONS, Orientation, propmask_orientations
 
 FORMAT = "propsam-corrections"
 VERSION = 1
@@ -220,7 +220,8 @@ def _correct_in_view(segmenter, moved, spacing, current, prompt_index, prompt_ma
 
     def run(guide_index, guide, opts, limits):
         mask, run_stats = propagate(net, size, moved, spacing, guide_index, guide, device, opts, bounds=limits,
-                                    progress=progress, cancel=cancel, reference=reference, orientations=options.tta.propmask)
+                                    progress=progress, cancel=cancel, reference=reference,
+                                    orientations=propmask_orientations(options.tta, device))
         for t in range(depth):
             if beyond(t, guide_index):
                 out[t] = mask[t]

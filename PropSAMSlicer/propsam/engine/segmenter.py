@@ -25,7 +25,7 @@ from .orientation import canonical_flips, flip_array, flip_plane, flip_prompt
 from .prompts import BoxPrompt, MaskPrompt, Prompt, TwoViewBoxPrompt
 from .propagation import PropagationOptions, PropagationStats, propagate
 from .roi import mask_bbox
-from .tta import ORIENTATIONS, TestTimeAugmentation
+from .tta import ORIENTATIONS, TestTimeAugmentation, propmask_orientations
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class Segmenter:
         mask, stats = propagate(
             self.propmask, self.config.propmask.image_size, turned, turn_spacing(view, spacing), prompt.slice_index, guide,
             self.device, options.propagation, bounds=bounds, progress=progress, cancel=cancel,
-            orientations=options.tta.propmask,
+            orientations=propmask_orientations(options.tta, self.device),
         )
         mask, guide = view.invert(mask), view.invert(guide)
         mask = np.moveaxis(mask, 0, axis)

@@ -16,9 +16,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", action="append",
                    help="lite, or a model folder / manifest.json; repeat to compare models in one run (default: lite)")
     p.add_argument("--tta", action="append",
-                   help="test-time averaging BOX2MASKxPROPMASK orientations (1/2/4/8) or 'off', '-stored' suffix: "
+                   help="test-time averaging BOX2MASKxPROPMASK orientations (1/2/4/8; PropMask's may be 'auto') or 'off', '-stored' suffix: "
                         "without the content view (e.g. 8x1-stored); repeat to compare "
-                        "(each model runs under each; default: the engine's)")
+                        "(each model runs under each; default: the engine's, 8xauto)")
     p.add_argument("--leak-limit", action="append", type=float, metavar="X",
                    help="the stop rule's leak limit, as `propsam segment --leak-limit` (0 = off); repeat to compare "
                         "(each model runs under each; default: the engine's, 2)")

@@ -26,7 +26,7 @@ from ..engine.prompts import BoxPrompt, MaskPrompt
 from ..engine.propagation import PropagationOptions, user_options
 from ..engine.roi import slice_extent
 from ..engine.segmenter import SegmentOptions
-from ..engine.tta import ORIENTATIONS, Orientation, TestTimeAugmentation, tta_name
+from ..engine.tta import ORIENTATIONS, Orientation, TestTimeAugmentation, propmask_orientations, tta_name
 from ..errors import InputError
 from ..io.atomic import atomic_path
 from .baselines import box2mask_chain, box_guide, copy_baseline, registration_baseline
@@ -56,6 +56,12 @@ class Model:
     segmenter: object
     tta: TestTimeAugmentation = TestTimeAugmentation()
     leak_limit: float | None = None  # None: the engine's default; 0: off (propagation.user_options)
+
+    def tta_name(self) -> str:
+        """The averaging it runs with, PropMask's count resolved for its device ("" for a baseline)."""
+        if not self.segmenter:
+            return ""
+        return tta_name(replace(self.tta, propmask=propmask_orientations(self.tta, self.segmenter.device)))
 
 
 NO_MODEL = Model("-", None)  # the model-free baselines' rows
@@ -139,7 +145,7 @@ def score(run: Run, obj: EvalObject, prediction: np.ndarray, seconds: float, err
     return {
         "dataset": obj.dataset, "volume": obj.volume_id, "object": obj.name, "headline": obj.headline,
         "modality": obj.modality, "kind": obj.kind, "truth_source": obj.truth_source, "subject": obj.subject,
-        "true_slices": obj.slices, "model": model.label, "tta": tta_name(model.tta) if model.segmenter else "",
+        "true_slices": obj.slices, "model": model.label, "tta": model.tta_name(),
         "method": run.method, "setting": run.setting, "prompt_slice": s,
         "thickness_mm": run.thickness_mm if run.method.startswith("propsam") else "",
         "dice": dice(pred, truth), "prompt_dice": dice(prediction[s], obj.truth[s]), "hd95_mm": hd95(pred, truth, spacing), "asd_mm": average_surface_distance(pred, truth, spacing),
