@@ -32,6 +32,17 @@ class ThresholdPropMask(nn.Module):
         return out
 
 
+class NearSightedPropMask(ThresholdPropMask):
+    """ThresholdPropMask that sees the object only in the slice next to its guide: farther slices
+    come back empty and absent, as a faint tail may look from a far guide."""
+
+    def forward(self, guide_image, guide_mask, adjacent):
+        out = super().forward(guide_image, guide_mask, adjacent)
+        out["masks"][0][:, 1:] = -40.0
+        out["presence"][:, 1:] = -5.0
+        return out
+
+
 class ThresholdBox2Mask(nn.Module):
     def __init__(self, level: float = 0.3):
         super().__init__()

@@ -101,26 +101,10 @@ def test_confirm_end_judges_an_end_again_from_its_neighbour(presence, expected):
     assert _judge(planes(*[30] * len(presence)), np.array(presence, float), 3, np.inf, PropagationOptions())[1]  # off: ended
 
 
-class _ShortSighted:
-    """A PropMask double that sees the object only in the slice next to its guide: farther slices
-    come back empty and absent, as a faint tail may look from a far guide."""
-
-    def __new__(cls):
-        from engine_doubles import ThresholdPropMask
-
-        class Double(ThresholdPropMask):
-            def forward(self, guide_image, guide_mask, adjacent):
-                out = super().forward(guide_image, guide_mask, adjacent)
-                out["masks"][0][:, 1:] = -40.0
-                out["presence"][:, 1:] = -5.0
-                return out
-
-        return Double()
-
-
 @pytest.mark.parametrize("confirm", [False, True])
 def test_confirm_end_follows_an_object_a_far_guide_loses(confirm):
     import torch
+    from engine_doubles import NearSightedPropMask
 
     from propsam.engine.propagation import propagate
 
@@ -128,7 +112,7 @@ def test_confirm_end_follows_an_object_a_far_guide_loses(confirm):
     obj = ((y - 32) ** 2 + (x - 32) ** 2 <= 36) & (z >= 5) & (z <= 24)
     volume = np.where(obj, 100.0, 0.0).astype(np.float32)
     options = PropagationOptions(thickness_mm=4.0, confirm_end=confirm)
-    mask, stats = propagate(_ShortSighted(), 32, volume, (1.0, 1.0, 1.0), 12, obj[12], torch.device("cpu"), options)
+    mask, stats = propagate(NearSightedPropMask(), 32, volume, (1.0, 1.0, 1.0), 12, obj[12], torch.device("cpu"), options)
     if confirm:
         assert (mask >= obj).all() and mask.sum() < 1.5 * obj.sum()  # the object (resampled edges), ...
         assert stats.extent == (5, 24)  # ... slice by slice to both true ends
