@@ -1,0 +1,69 @@
+"""How the in-plane Dice of a propagated mask falls with the distance from the prompt slice (tuning objects only).
+
+Each tuning object of benchmarks/tune_stop_rule.py is prompted with its mask on its largest axial
+slice (the engine as it ships). Every slice that both the truth and the prediction mark is
+scored by its 2D Dice and binned by its distance from the prompt as a share of that side's true
+extent (0-25 %, ..., 75-100 %): a flat profile says the in-plane loss is there from the first
+slices (the network's reading of a slice), a falling one that it builds up (drift).
+
+    python benchmarks/inplane_by_distance.py --objects 30 --real 56 [--model lite]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from propsam.engine.prompts import MaskPrompt
+from propsam.engine.roi import slice_extent
+from propsam.engine.segmenter import Segmenter
+from propsam.evaluation.metrics import dice
+from propsam.evaluation.report import bootstrap_ci
+from tune_stop_rule import real_tuning_objects, tuning_objects
+
+BINS = (0.25, 0.5, 0.75, 1.0)
+
+
+def profile(mask: np.ndarray, truth: np.ndarray, k: int) -> dict[int, list[float]]:
+    """bin -> 2D Dice of the slices both masks mark, by distance from slice k over that side's extent."""
+    first, last = slice_extent(truth, axis=0)
+    out: dict[int, list[float]] = {}
+    for t in range(first, last + 1):
+        if t == k or not (mask[t].any() and truth[t].any()):
+            continue
+        reach = (last - k) if t > k else (k - first)
+        share = abs(t - k) / max(reach, 1)
+        out.setdefault(int(np.searchsorted(BINS, share)), []).append(dice(mask[t], truth[t]))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="lite")
+    parser.add_argument("--objects", type=int, default=30)
+    parser.add_argument("--real", type=int, default=56)
+    args = parser.parse_args(argv)
+    seg = Segmenter.load(args.model, "cpu")
+    objects = tuning_objects(args.objects) + (real_tuning_objects(args.real) if args.real else [])
+    per_group: dict[str, dict[int, list[float]]] = {}
+    for name, volume, truth in objects:
+        k = int(truth.reshape(truth.shape[0], -1).sum(1).argmax())
+        mask = seg.segment(volume, MaskPrompt(k, truth[k] > 0)).mask
+        group = "real" if name.startswith("real") else "synthetic + phantom"
+        for b, values in profile(mask, truth, k).items():  # one mean per object and bin: objects weigh alike
+            per_group.setdefault(group, {}).setdefault(b, []).append(float(np.mean(values)))
+    print("| objects | " + " | ".join(f"{int(100 * lo)}-{int(100 * hi)} % of the way to the end" for lo, hi in zip((0,) + BINS, BINS)) + " |")
+    print("|---|" + "---|" * len(BINS))
+    for group, bins in per_group.items():
+        cells = []
+        for b in range(len(BINS)):
+            values = bins.get(b, [])
+            lo, hi = bootstrap_ci(values) if len(values) > 1 else (float("nan"), float("nan"))
+            cells.append(f"{np.mean(values):.3f} [{lo:.3f}, {hi:.3f}] ({len(values)})" if values else "-")
+        print(f"| {group} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
