@@ -110,8 +110,11 @@ VARIANTS = {
 }
 
 
-def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box"), label_model: bool = False) -> list[dict]:
-    seg = Segmenter.load(model, "cpu")
+def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box"), label_model: bool = False,
+        seg: Segmenter | None = None) -> list[dict]:
+    """Every variant on every object; `seg` (default: `model` loaded on the CPU) runs them and
+    `model` labels them."""
+    seg = seg or Segmenter.load(model, "cpu")
     rows = []
     variants = {f"{model}: {v}" if label_model else v: kw for v, kw in variants.items()}
     for (name, volume, truth), (label, kw) in itertools.product(objects, variants.items()):
