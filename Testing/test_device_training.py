@@ -169,16 +169,25 @@ def test_device_synthesis_is_seeded_and_labels_its_objects():
     assert batch["adjacent"].shape == (4, 2, 1, 32, 32)
 
 
+def tiny_recipe(shipped: str, pack: Path, out_dir: Path, in_channels: int = 1) -> dict:
+    """A shipped GPU recipe shrunk to seconds on the CPU: tiny network, batches and synthesis, the
+    test's pack, no warm start."""
+    recipe = json.loads((REPO / "PropSAMSlicer/propsam/training/recipes" / shipped).read_text())
+    network = {"image_size": 32, "base_channels": 4, "max_channels": 16, "stages": 4}
+    if recipe["network"] == "propmask":
+        network.update(prompt_memory=True, attention_stages=2, in_channels=in_channels)
+    recipe.update(out_dir=str(out_dir), pack=str(pack), synthesis_maps=["a"], init_from="", batch_size=2,
+                  adjacent=2, max_minutes=0.1, checkpoint_minutes=0.02, warmup_steps=2, log_every=1, threads=1,
+                  device_sampler={"synth_refresh_every": 3, "synthesis": {"volumes": 2, "groups": 1, "max_crop": [16, 32, 32]}},
+                  network_overrides=network)
+    return recipe
+
+
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_path, in_channels):
     """The device command's path (training CLI, pack, device sampler) in a process where SimpleITK,
     pydicom and highdicom cannot be imported, as on the lent GPU machine; 2D and 2.5D."""
-    recipe = json.loads((REPO / "PropSAMSlicer/propsam/training/recipes/lite_v2_propmask_gpu.json").read_text())
-    recipe.update(out_dir=str(tmp_path / "run"), pack=str(pack), synthesis_maps=["a"], init_from="", batch_size=2,
-                  adjacent=2, max_minutes=0.1, checkpoint_minutes=0.02, warmup_steps=2, log_every=1, threads=1,
-                  device_sampler={"synth_refresh_every": 3, "synthesis": {"volumes": 2, "groups": 1, "max_crop": [16, 32, 32]}},
-                  network_overrides={"prompt_memory": True, "image_size": 32, "base_channels": 4, "max_channels": 16,
-                                     "stages": 4, "attention_stages": 2, "in_channels": in_channels})
+    recipe = tiny_recipe("lite_v2_propmask_gpu.json", pack, tmp_path / "run", in_channels=in_channels)
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     block = "import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('SimpleITK', 'pydicom', 'highdicom')]; "
     run = (f"{block}sys.argv = ['x', 'train', '--config', {str(tmp_path / 'recipe.json')!r}, '--weights-dir', "
@@ -233,3 +242,43 @@ def test_device_sampler_takes_the_recipes_lesion_settings(pack, tmp_path):
     nested = TrainConfig(**{**common, "device_sampler": {"synthesis": {"volumes": 2, "lesion_share": 0.5}}})
     with pytest.raises(ValueError, match="top level"):
         DeviceSampler(nested, torch.device("cpu"), TaskOptions(image_size=32, adjacent=2))
+
+
+def _device_script(tmp_path, pack, runs: str, **env) -> subprocess.CompletedProcess:
+    """scripts/train_device.sh as the device command runs it, on the CPU with tiny recipes."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir(exist_ok=True)
+    for shipped in ("lite_v2_propmask_gpu.json", "lite_v2_box2mask_gpu.json"):
+        (recipes / shipped).write_text(json.dumps(tiny_recipe(shipped, pack, tmp_path / "unused")))
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "PREFLIGHT": "0",
+           "RECIPES": str(recipes), "RUNS": runs, "PACK": str(pack), "RUNS_DIR": str(tmp_path / "runs"), **env}
+    return subprocess.run(["bash", str(REPO / "scripts/train_device.sh"), str(tmp_path / "out"), "0.1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_the_device_command_trains_runs_side_by_side_and_returns_each_runs_weights(pack, tmp_path):
+    """The one command a lent GPU runs: two runs side by side (2D PropMask, Box2Mask), each one's
+    weights, log and summary line in OUT; weights over the per-file limit come back in parts that
+    join to the file the summary's sha256 names."""
+    import hashlib
+
+    result = _device_script(tmp_path, pack, "pm:lite_v2_propmask_gpu.json b2m:lite_v2_box2mask_gpu.json",
+                            PART_BYTES="20000")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    out = tmp_path / "out"
+    summary = (out / "summary.txt").read_text()
+    for name in ("pm", "b2m"):
+        line = next(l for l in summary.splitlines() if l.startswith(f"{name}.pt "))
+        digest, size = line.split()[1], int(line.split()[2])
+        parts = sorted(out.glob(f"{name}.pt.part*"))
+        assert size > 20000 and len(parts) >= 2 and not (out / f"{name}.pt").exists()  # split below the limit
+        joined = b"".join(p.read_bytes() for p in parts)
+        assert len(joined) == size and hashlib.sha256(joined).hexdigest() == digest
+        assert f"{name}: steps " in summary and (out / f"{name}.log").read_text().count('"tasks_per_s"') >= 2
+    assert (out / "gpu.txt").exists() and (tmp_path / "runs" / "device_pm" / "checkpoint.pt").exists()
+
+
+def test_the_device_command_refuses_without_its_pack_before_anything(pack, tmp_path):
+    result = _device_script(tmp_path, pack, "pm:lite_v2_propmask_gpu.json", PACK=str(tmp_path / "missing.npz"))
+    assert result.returncode == 2 and "missing.npz is missing" in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()

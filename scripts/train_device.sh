@@ -10,6 +10,8 @@
 # training logs (JSON lines with tasks/s), gpu.txt and summary.txt (sampler throughput alone, then
 # steps, tasks/s and sha256 of the weights).
 # Full checkpoints (with optimizer state, ~100 MB) stay in runs/ on the device machine.
+# PACK, RUNS_DIR, PART_BYTES, PREFLIGHT and PYTHON are for the CPU test of this script
+# (Testing/test_device_training.py), which runs it with tiny recipes in a temporary folder.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: train_device.sh OUT_DIR [MINUTES]}
@@ -17,8 +19,11 @@ MINUTES=${2:-7.5}
 PYTHON=${PYTHON:-python3}
 RECIPES=${RECIPES:-PropSAMSlicer/propsam/training/recipes}  # lite_v2_{propmask,box2mask}_gpu.json in there
 RUNS=${RUNS:-"propmask:lite_v2_propmask_gpu.json box2mask:lite_v2_box2mask_gpu.json"}
+PACK=${PACK:-cache/train_pack.npz}  # the recipes name it too; checked here to fail before any device time is spent
+RUNS_DIR=${RUNS_DIR:-runs}
+PART_BYTES=${PART_BYTES:-$((15 * 1024 * 1024))}  # under the device tool's 16 MiB per file
+[ -f "$PACK" ] || { echo "$PACK is missing: run propsam pack-data and carry cache/" >&2; exit 2; }
 mkdir -p "$OUT"
-[ -f cache/train_pack.npz ] || { echo "cache/train_pack.npz is missing: run propsam pack-data and carry cache/" >&2; exit 2; }
 export PYTHONPATH="$PWD/PropSAMSlicer${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 (nvidia-smi 2>&1; "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())") > "$OUT/gpu.txt"
 # pre-flight, about 20 s: the CUDA path of the sampler and synthesis, and their throughput alone;
@@ -32,7 +37,7 @@ pids=()
 for RUN in $RUNS; do
   NAME=${RUN%%:*}
   timeout -s INT "$GUARD" "$PYTHON" -m propsam.training.cli train --config "$RECIPES/${RUN#*:}" \
-    --out-dir "runs/device_$NAME" --weights-dir "runs/device_$NAME/export" --max-minutes "$MINUTES" \
+    --out-dir "$RUNS_DIR/device_$NAME" --weights-dir "$RUNS_DIR/device_$NAME/export" --max-minutes "$MINUTES" \
     > "$OUT/$NAME.log" 2>&1 &
   pids+=($!)
 done
@@ -40,11 +45,11 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 for RUN in $RUNS; do
   NAME=${RUN%%:*}
-  W=$(ls runs/device_$NAME/export/*.pt 2>/dev/null | head -n 1)  # the network's kind names the file
+  W=$(ls "$RUNS_DIR/device_$NAME"/export/*.pt 2>/dev/null | head -n 1)  # the network's kind names the file
   [ -n "$W" ] || { echo "$NAME: no weights written" >> "$OUT/summary.txt"; continue; }
   echo "$NAME.pt $(sha256sum "$W" | cut -d' ' -f1) $(stat -c %s "$W") bytes" >> "$OUT/summary.txt"
-  if [ "$(stat -c %s "$W")" -gt $((15 * 1024 * 1024)) ]; then
-    split -b 15M -d -a 2 "$W" "$OUT/$NAME.pt.part"
+  if [ "$(stat -c %s "$W")" -gt "$PART_BYTES" ]; then
+    split -b "$PART_BYTES" -d -a 2 "$W" "$OUT/$NAME.pt.part"
   else
     cp "$W" "$OUT/$NAME.pt"
   fi
