@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", default="mask,box", help="which prompts: mask, box or both (a Box2Mask comparison needs box only)")
     parser.add_argument("--memory-ablation", action="store_true", help="also run every variant with the memory off")
     parser.add_argument("--out")
-    parser.add_argument("--rows-out", help="also write every run's row (variant, prompt, object, Dice, end error) as CSV")
+    parser.add_argument("--rows-out", help="also write every run's row (variant, prompt, object, Dice, end error, the loss split of end_losses) as CSV")
     args = parser.parse_args(argv)
     variants = VARIANTS
     if args.variants:
