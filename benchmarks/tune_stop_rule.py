@@ -124,7 +124,7 @@ def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box
         first, last = slice_extent(truth, axis=0)
         made = {"mask": MaskPrompt(k, plane), "box": BoxPrompt(k, (c0, r0, max(c1, c0 + 1), max(r1, r0 + 1)))}
         for prompt_kind, prompt in ((kind, made[kind]) for kind in prompts):
-            rule = {k: v for k, v in kw.items() if k != "tta"}
+            rule = {key: value for key, value in kw.items() if key != "tta"}  # the rest are PropagationOptions
             options = SegmentOptions(propagation=replace(SegmentOptions().propagation, prompt_memory=memory, **rule),
                                      tta=parse_tta(kw.get("tta", tta_name(SegmentOptions().tta))))
             start = time.perf_counter()
