@@ -14,6 +14,7 @@ from propsam.engine.roi import slice_extent
 from propsam.engine.segmenter import Segmenter
 from propsam.engine.slice_context import context_slices
 from propsam.errors import InputError
+from propsam.evaluation.objects import largest_slice
 from propsam.training.tasks import TaskOptions, collate, sample_propmask_task
 
 SHIPPED_PROPMASK = REPO / "PropSAMSlicer" / "Resources" / "Models" / "lite" / "lite_propmask.pt"
@@ -41,7 +42,7 @@ def test_engine_hands_each_side_its_own_ahead(reads, grows):
     "behind" one slice late. Were one side's neighbours ordered the other way round, that side
     would end one slice off the other way."""
     volume, truth = sphere_volume(shape=(30, 48, 48), spacing=(1.0, 1.0, 1.0), radius_mm=10)
-    z = int(truth.reshape(30, -1).sum(1).argmax())
+    z = largest_slice(truth)
     reference = Segmenter(named_config("lite"), {"box2mask": ThresholdBox2Mask(), "propmask": ThresholdPropMask()},
                           torch.device("cpu")).segment(volume, MaskPrompt(z, truth[z] > 0))
     nets = {"box2mask": ThresholdBox2Mask(), "propmask": ThresholdPropMask(in_channels=3, reads=reads)}

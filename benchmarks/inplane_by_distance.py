@@ -19,6 +19,7 @@ from propsam.engine.prompts import MaskPrompt
 from propsam.engine.roi import slice_extent
 from propsam.engine.segmenter import Segmenter
 from propsam.evaluation.metrics import dice
+from propsam.evaluation.objects import largest_slice
 from propsam.evaluation.report import bootstrap_ci
 from tune_stop_rule import real_tuning_objects, tuning_objects
 
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     objects = tuning_objects(args.objects) + (real_tuning_objects(args.real) if args.real else [])
     per_group: dict[str, dict[int, list[float]]] = {}
     for name, volume, truth in objects:
-        k = int(truth.reshape(truth.shape[0], -1).sum(1).argmax())
+        k = largest_slice(truth)
         mask = seg.segment(volume, MaskPrompt(k, truth[k] > 0)).mask
         group = "real" if name.startswith("real") else "synthetic + phantom"
         for b, values in profile(mask, truth, k).items():  # one mean per object and bin: objects weigh alike

@@ -31,7 +31,7 @@ from propsam.engine.roi import mask_bbox, slice_extent
 from propsam.engine.segmenter import Segmenter, SegmentOptions
 from propsam.engine.tta import parse_tta, tta_name
 from propsam.evaluation.metrics import dice
-from propsam.evaluation.objects import entry_objects
+from propsam.evaluation.objects import entry_objects, largest_slice
 from propsam.evaluation.report import bootstrap_ci
 from propsam.io.volume import Volume
 from propsam.training.phantom_sources import phantom_source
@@ -118,7 +118,7 @@ def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box
     rows = []
     variants = {f"{model}: {v}" if label_model else v: kw for v, kw in variants.items()}
     for (name, volume, truth), (label, kw) in itertools.product(objects, variants.items()):
-        k = int(truth.reshape(truth.shape[0], -1).sum(1).argmax())
+        k = largest_slice(truth)
         plane = truth[k] > 0
         r0, c0, r1, c1 = mask_bbox(plane)
         first, last = slice_extent(truth, axis=0)
