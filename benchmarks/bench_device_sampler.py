@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -88,7 +89,7 @@ def main() -> int:
     n_pm, n_b2m = (256, 1024) if big else (16, 64)
     print(f"sampler PropMask (K=8, memory): {rate(lambda: sample_propmask_batch(atlas, n_pm, gen, opt), n_pm, 5, args.device):.1f} tasks/s "
           f"(batches of {n_pm})", flush=True)
-    wide = TaskOptions(memory=True, perturb_guide=0.25, in_channels=3)  # 2.5D: three planes per slice
+    wide = replace(opt, in_channels=3)  # 2.5D: the same tasks, three planes per slice
     print(f"sampler PropMask 2.5D (K=8, memory, 3 slices each): "
           f"{rate(lambda: sample_propmask_batch(atlas, n_pm, gen, wide), n_pm, 5, args.device):.1f} tasks/s", flush=True)
     print(f"sampler Box2Mask: {rate(lambda: sample_box2mask_batch(atlas, n_b2m, gen, opt), n_b2m, 5, args.device):.1f} crops/s "

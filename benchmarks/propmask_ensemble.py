@@ -13,13 +13,12 @@ much of the in-plane loss is the variance of one training run.
 from __future__ import annotations
 
 import argparse
-import csv
 
 import torch
 from torch import nn
 
 from propsam.engine.segmenter import Segmenter
-from tune_stop_rule import VARIANTS, real_tuning_objects, run, table, tuning_objects
+from tune_stop_rule import VARIANTS, real_tuning_objects, run, table, tuning_objects, write_rows
 
 
 class AveragedPropMask(nn.Module):
@@ -56,10 +55,7 @@ def main(argv=None) -> int:
     rows += run(f"lite + {len(args.member)} averaged", objects, shipped, True, prompts, True, seg=ensemble)
     print(table(rows, "PropMask ensemble probe"))
     if args.rows_out:
-        with open(args.rows_out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(args.rows_out, rows)
     return 0
 
 

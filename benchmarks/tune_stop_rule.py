@@ -18,6 +18,7 @@ runs with each model, labelled "model: variant", paired against the first model'
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import sys
 import time
@@ -154,6 +155,14 @@ def end_losses(mask: np.ndarray, truth: np.ndarray) -> dict:
             "truth_beyond_ends": float(truth[outside].sum() / max(truth.sum(), 1))}
 
 
+def write_rows(path: str, rows: list[dict]) -> None:
+    """Every run's row as CSV (--rows-out), for paired_seeds.py and later tables."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def table(rows: list[dict], title: str) -> str:
     """Per variant and prompt: mean Dice (all, per group), end errors, and the paired difference
     from the first variant with a bootstrap 95 % interval over the tuning objects."""
@@ -213,12 +222,7 @@ def main(argv=None) -> int:
     rows = [r for m in models for r in run(m, objects, variants, True, prompts, several)]
     text += table(rows, f"{title}: stop-rule variants, prompt memory on")
     if args.rows_out:
-        import csv
-
-        with open(args.rows_out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(args.rows_out, rows)
     if args.memory_ablation:
         text += "\n" + table([r for m in models for r in run(m, objects, variants, False, prompts, several)], f"{title}: prompt memory off")
     print(text)
