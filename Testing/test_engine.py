@@ -176,3 +176,21 @@ def test_result_does_not_depend_on_how_the_array_is_stored(random_model, prompt_
     assert a.mask.sum() > 0
     assert np.array_equal(a.mask, flip_array(b.mask, flips))
     assert b.slice_index == volume.shape[0] - 1 - a.slice_index
+
+
+def test_the_mask_threshold_cuts_propmasks_probability(segmenter):
+    """mask_threshold is the level of PropMask's averaged probability that is the object: a lower
+    one grows every propagated slice, a higher one shrinks it; the prompt slice stays the user's."""
+    from dataclasses import replace
+
+    from propsam.engine.propagation import PropagationOptions
+    from propsam.engine.segmenter import SegmentOptions
+
+    volume, truth = sphere_volume(shape=(30, 48, 48), spacing=(1.0, 1.0, 1.0), radius_mm=10)
+    z = largest_slice(truth, 0)
+    masks = [segmenter.segment(volume, MaskPrompt(z, truth[z] > 0),
+                               SegmentOptions(propagation=replace(PropagationOptions(), mask_threshold=t, max_area_ratio=0))).mask
+             for t in (0.2, 0.5, 0.8)]
+    low, mid, high = (int(m.sum()) for m in masks)  # (not nested voxel by voxel: each level guides its own rounds)
+    assert low > mid > high
+    assert all(np.array_equal(m[z], truth[z]) for m in masks)

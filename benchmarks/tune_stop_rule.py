@@ -104,6 +104,14 @@ VARIANTS = {
     # an end is judged again from the slice next to it (the shipped rule otherwise)
     "confirm end": dict(confirm_end=True, max_area_ratio=2.0),
     "confirm end + patience 2": dict(confirm_end=True, stop_patience=2, max_area_ratio=2.0),
+    # PropMask's probability cut at another level than 0.5 (the guides, the areas judged and the result)
+    "mask threshold 0.3": dict(mask_threshold=0.3, max_area_ratio=2.0),
+    "mask threshold 0.4": dict(mask_threshold=0.4, max_area_ratio=2.0),
+    "mask threshold 0.6": dict(mask_threshold=0.6, max_area_ratio=2.0),
+    "mask threshold 0.7": dict(mask_threshold=0.7, max_area_ratio=2.0),
+    "mask threshold 0.8": dict(mask_threshold=0.8, max_area_ratio=2.0),
+    # each slice keeps only the 2D pieces overlapping the slice before it
+    "slice continuity": dict(slice_continuity=True, max_area_ratio=2.0),
     # PropMask averaged over more in-plane orientations (Box2Mask's 8 as shipped; "tta" is the CLI's --tta)
     "propmask tta 2": dict(tta="8x2", max_area_ratio=2.0),
     "propmask tta 4": dict(tta="8x4", max_area_ratio=2.0),

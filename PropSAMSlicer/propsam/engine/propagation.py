@@ -39,6 +39,7 @@ class PropagationOptions:
     min_area_fraction: float = 0.01  # of the prompt's area ...
     min_area_px: int = 3  # ... but at least this many pixels
     presence_threshold: float = 0.5
+    mask_threshold: float = 0.5  # PropMask's averaged probability above this is the object (guides, areas, result)
     stop_patience: int = 1  # a side stops after this many failing slices in a row (2: look past one dip)
     # a slice larger than this x the prompt's (or the guide's, if larger) fails: a leak into a
     # neighbour, since the prompt is drawn on the object's largest slice; 0: off. 2 was chosen on
@@ -50,6 +51,10 @@ class PropagationOptions:
     # then run on as stop short (results/confirm_end/)
     confirm_end: bool = False
     keep_connected: bool = True
+    # each slice keeps only its 2D pieces that overlap the kept mask of the slice before it (towards
+    # the prompt): a blob that appears beside the object, in a neighbour, is dropped even when it
+    # touches the object a few slices on
+    slice_continuity: bool = False
     prompt_memory: bool = True  # show the prompt slice to a PropMask built with a memory (off: ablation)
 
 
@@ -181,7 +186,7 @@ def propagate(
             else:  # the last accepted slice guides the next round
                 side.earlier = ([(side.guide, side.mask)] + side.earlier)[:kept]
                 side.guide = targets[accepted - 1]
-                side.mask = sums[side.guide] / counts[side.guide] > 0.5
+                side.mask = sums[side.guide] / counts[side.guide] > options.mask_threshold
         if progress is not None:
             remaining = sum(
                 min(max(window, expected_half - s.travelled), (hi_bound - s.guide) if s.direction > 0 else (s.guide - lo_bound))
@@ -191,8 +196,10 @@ def propagate(
 
     result = np.zeros(volume.shape, np.uint8)
     for t, total in sums.items():
-        result[t] = (total / counts[t]) > 0.5
+        result[t] = (total / counts[t]) > options.mask_threshold
     result[guide_index] = guide_mask
+    if options.slice_continuity:
+        result = keep_pieces_overlapping_previous(result, guide_index)
     if options.keep_connected:
         result = keep_components_touching(result, guide_index, guide_mask)
     for t, total in sums.items():
@@ -222,7 +229,7 @@ def _judge(planes, presence, min_area: float, max_area: float, options: Propagat
     accepted, run, last_area = 0, 0, guide_area
     why = ""
     for j, plane in enumerate(planes):
-        area = int((plane > 0.5).sum())
+        area = int((plane > options.mask_threshold).sum())
         why = (FADED if presence[j] < options.presence_threshold else TOO_SMALL if area < min_area
                else LEAK if area > max_area
                else GROWTH if options.max_growth > 0 and area > options.max_growth * max(last_area, GROWTH_FLOOR_PX)
@@ -293,3 +300,22 @@ def keep_components_touching(mask: np.ndarray, guide_index: int, guide_mask: np.
     keep = np.unique(labels[guide_index][guide_mask])
     keep = keep[keep > 0]
     return np.isin(labels, keep).astype(np.uint8)
+
+
+def keep_pieces_overlapping_previous(mask: np.ndarray, guide_index: int) -> np.ndarray:
+    """Walking out from the guide slice both ways, each slice keeps the 2D pieces (8-connected)
+    that overlap the pieces kept on the slice before it (an empty slice, a dip that stop_patience
+    accepted, is passed over: the slice before the dip is the reference)."""
+    out = np.zeros_like(mask)
+    out[guide_index] = mask[guide_index]
+    for direction in (1, -1):
+        previous = out[guide_index] > 0
+        t = guide_index + direction
+        while 0 <= t < mask.shape[0]:
+            labels, _ = ndimage.label(mask[t] > 0, structure=np.ones((3, 3), bool))
+            keep = np.unique(labels[previous])
+            keep = keep[keep > 0]
+            out[t] = np.isin(labels, keep)
+            previous = out[t] > 0 if out[t].any() else previous
+            t += direction
+    return out
