@@ -110,8 +110,6 @@ VARIANTS = {
     "mask threshold 0.6": dict(mask_threshold=0.6, max_area_ratio=2.0),
     "mask threshold 0.7": dict(mask_threshold=0.7, max_area_ratio=2.0),
     "mask threshold 0.8": dict(mask_threshold=0.8, max_area_ratio=2.0),
-    # each slice keeps only the 2D pieces overlapping the slice before it
-    "slice continuity": dict(slice_continuity=True, max_area_ratio=2.0),
     # PropMask averaged over more in-plane orientations (Box2Mask's 8 as shipped; "tta" is the CLI's --tta)
     "propmask tta 2": dict(tta="8x2", max_area_ratio=2.0),
     "propmask tta 4": dict(tta="8x4", max_area_ratio=2.0),

@@ -51,10 +51,6 @@ class PropagationOptions:
     # then run on as stop short (results/confirm_end/)
     confirm_end: bool = False
     keep_connected: bool = True
-    # each slice keeps only its 2D pieces that overlap the kept mask of the slice before it (towards
-    # the prompt): a blob that appears beside the object, in a neighbour, is dropped even when it
-    # touches the object a few slices on
-    slice_continuity: bool = False
     prompt_memory: bool = True  # show the prompt slice to a PropMask built with a memory (off: ablation)
 
 
@@ -198,8 +194,6 @@ def propagate(
     for t, total in sums.items():
         result[t] = (total / counts[t]) > options.mask_threshold
     result[guide_index] = guide_mask
-    if options.slice_continuity:
-        result = keep_pieces_overlapping_previous(result, guide_index)
     if options.keep_connected:
         result = keep_components_touching(result, guide_index, guide_mask)
     for t, total in sums.items():
@@ -301,21 +295,3 @@ def keep_components_touching(mask: np.ndarray, guide_index: int, guide_mask: np.
     keep = keep[keep > 0]
     return np.isin(labels, keep).astype(np.uint8)
 
-
-def keep_pieces_overlapping_previous(mask: np.ndarray, guide_index: int) -> np.ndarray:
-    """Walking out from the guide slice both ways, each slice keeps the 2D pieces (8-connected)
-    that overlap the pieces kept on the slice before it (an empty slice, a dip that stop_patience
-    accepted, is passed over: the slice before the dip is the reference)."""
-    out = np.zeros_like(mask)
-    out[guide_index] = mask[guide_index]
-    for direction in (1, -1):
-        previous = out[guide_index] > 0
-        t = guide_index + direction
-        while 0 <= t < mask.shape[0]:
-            labels, _ = ndimage.label(mask[t] > 0, structure=np.ones((3, 3), bool))
-            keep = np.unique(labels[previous])
-            keep = keep[keep > 0]
-            out[t] = np.isin(labels, keep)
-            previous = out[t] > 0 if out[t].any() else previous
-            t += direction
-    return out
