@@ -398,13 +398,15 @@ def test_orientation_mode_reports_spread_and_agreement(segmenter, tmp_path):
 # report, models, other sources ------------------------------------------------------------------
 
 def test_bootstrap_interval_and_size_classes():
-    from propsam.evaluation.report import bootstrap_ci, size_class
+    from propsam.evaluation.report import area_class, bootstrap_ci, size_class
 
     values = np.linspace(0.5, 0.9, 30)
     lo, hi = bootstrap_ci(values)
     assert lo < values.mean() < hi and (lo, hi) == bootstrap_ci(values)
     assert bootstrap_ci([0.7, 0.7]) == (0.7, 0.7)
     assert [size_class(n) for n in (3, 6, 7, 30, 31)] == ["<= 6", "<= 6", "7-30", "7-30", "> 30"]
+    assert [area_class(n) for n in (1, 59, 60, 299, 300, 999, 1000, 10**6)] == [
+        "< 60 px", "< 60 px", "60-299 px", "60-299 px", "300-999 px", "300-999 px", ">= 1000 px", ">= 1000 px"]
 
 
 def test_any_list_of_objects_and_several_models_in_one_run(segmenter, tmp_path):
@@ -423,8 +425,12 @@ def test_any_list_of_objects_and_several_models_in_one_run(segmenter, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     report = summary[summary.index("### Report: 2 real object(s)"):]
     for text in ("| a/propsam-box | 2 |", "| b/propsam-box | 2 |", "| copy | 2 |", "CT (n=1) | MR (n=1)",
-                 "<= 6 (n=0) | 7-30 (n=2)", "lesion (n=1) | organ (n=1)"):
-        assert text in report, text
+                 "<= 6 (n=0) | 7-30 (n=2)", "lesion (n=1) | organ (n=1)", "60-299 px (n=0) | 300-999 px (n=2)"):
+        assert text in report, text  # the ball's prompt slice: ~314 pixels of 1 x 1 mm
+    from propsam.evaluation.report import report_markdown
+
+    before = [{k: v for k, v in r.items() if k != "prompt_area"} for r in labelled(rows)]  # results written before the column
+    assert "cross-section" in report and "cross-section" not in report_markdown(before)
     with pytest.raises(ValueError, match="not on the volume's grid"):
         make_object("synthetic", "s3", "ball", volume, truth[1:])
 

@@ -146,7 +146,7 @@ def score(run: Run, obj: EvalObject, prediction: np.ndarray, seconds: float, err
         "dataset": obj.dataset, "volume": obj.volume_id, "object": obj.name, "headline": obj.headline,
         "modality": obj.modality, "kind": obj.kind, "truth_source": obj.truth_source, "subject": obj.subject,
         "true_slices": obj.slices, "model": model.label, "tta": model.tta_name(),
-        "method": run.method, "setting": run.setting, "prompt_slice": s,
+        "method": run.method, "setting": run.setting, "prompt_slice": s, "prompt_area": int((obj.truth[s] > 0).sum()),
         "thickness_mm": run.thickness_mm if run.method.startswith("propsam") else "",
         "dice": dice(pred, truth), "prompt_dice": dice(prediction[s], obj.truth[s]), "hd95_mm": hd95(pred, truth, spacing), "asd_mm": average_surface_distance(pred, truth, spacing),
         "seconds": round(seconds, 3), "pred_slices": int((prediction > 0).reshape(prediction.shape[0], -1).any(1).sum()),
@@ -255,7 +255,7 @@ def headline_means(rows: list[dict]) -> dict:
 
 
 FLOAT_COLUMNS = ("dice", "prompt_dice", "hd95_mm", "asd_mm", "seconds", "agreement", "thickness_mm")
-INT_COLUMNS = ("true_slices", "prompt_slice", "pred_slices", "true_first", "true_last", "pred_first", "pred_last",
+INT_COLUMNS = ("true_slices", "prompt_slice", "prompt_area", "pred_slices", "true_first", "true_last", "pred_first", "pred_last",
                "over_lower", "over_upper")
 
 

@@ -20,6 +20,9 @@ from .robustness import DEFAULT
 
 BOOTSTRAP_SAMPLES = 2000
 SIZE_CLASSES = (("<= 6", 0, 6), ("7-30", 7, 30), ("> 30", 31, 10**9))
+# cross-section: pixels of the truth on the prompt slice. Objects of a few tens of pixels (thin
+# vessels and muscles, small lesions) stop short far more than large ones (results/small_objects_cpu/)
+AREA_CLASSES = (("< 60 px", 0, 59), ("60-299 px", 60, 299), ("300-999 px", 300, 999), (">= 1000 px", 1000, 10**12))
 
 
 def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, clusters=None) -> tuple[float, float]:
@@ -59,6 +62,10 @@ def subject_interval(values, rows: list[dict]) -> str:
 
 def size_class(slices: int) -> str:
     return next(name for name, lo, hi in SIZE_CLASSES if lo <= slices <= hi)
+
+
+def area_class(pixels: int) -> str:
+    return next(name for name, lo, hi in AREA_CLASSES if lo <= pixels <= hi)
 
 
 def _grouped_table(rows: list[dict], labels: list[str], title: str, key, groups: list[str], value="dice") -> list[str]:
@@ -105,6 +112,9 @@ def report_markdown(rows: list[dict]) -> str:
     out += _grouped_table(used, labels, "Dice per modality", lambda r: r["modality"] or "?", modalities)
     out += _grouped_table(used, labels, "Dice per size class (slices along the prompt axis)",
                           lambda r: size_class(int(r["true_slices"])), [name for name, _, _ in SIZE_CLASSES])
+    if all(r.get("prompt_area", "") != "" for r in used):  # results written before the column lack it
+        out += _grouped_table(used, labels, "Dice per cross-section (pixels of the truth on the prompt slice)",
+                              lambda r: area_class(int(r["prompt_area"])), [name for name, _, _ in AREA_CLASSES])
     kinds = sorted({r["kind"] or "?" for r in used})
     out += _grouped_table(used, labels, "Dice per kind (failure-mode group: touching = similar-intensity neighbours, "
                           "nested = the box also frames another structure, thin, lesion, organ)",
