@@ -244,6 +244,27 @@ def test_device_sampler_takes_the_recipes_lesion_settings(pack, tmp_path):
         DeviceSampler(nested, torch.device("cpu"), TaskOptions(image_size=32, adjacent=2))
 
 
+def test_device_small_share_draws_small_objects_with_small_guides():
+    """As tasks._pick_guided: small_share's draws are an object and axis whose slices are all at
+    most small_area pixels, guided from SMALL_GUIDE_AREA up; the others from MIN_GUIDE_AREA."""
+    from propsam.training.atlas import build_atlas
+    from propsam.training.device_data import _pick_pairs
+    from propsam.training.tasks import MIN_GUIDE_AREA, SMALL_GUIDE_AREA
+
+    labels = torch.zeros((40, 64, 64), dtype=torch.int16)
+    labels[5:35, 5:25, 5:25] = 1  # 400 px on a z slice
+    labels[5:35, 40:43, 40:43] = 2  # a rod: 9 px on a z slice, 90 on a y or x slice
+    atlas = build_atlas([(100.0 * labels.float(), labels, (1.0, 1.0, 1.0), 1.0, [[1], [2]])], "cpu")
+    gen = torch.Generator().manual_seed(0)
+    obj, axis, areas, least = _pick_pairs(atlas, 200, gen, small_share=1.0, small_area=100)
+    assert set(obj.tolist()) == {1} and bool((areas.amax(1) <= 100).all()) and bool((least == SMALL_GUIDE_AREA).all())
+    assert bool((axis == 0).any())  # the rod's 9-pixel z slices are guides now
+    obj, axis, areas, least = _pick_pairs(atlas, 200, gen)
+    assert set(obj.tolist()) == {0, 1} and bool((least == MIN_GUIDE_AREA).all())
+    batch = sample_propmask_batch(atlas, 16, gen, TaskOptions(image_size=32, adjacent=2, small_share=1.0))
+    assert bool((batch["guide_mask"].flatten(1).sum(1) > 0).all())
+
+
 def _device_script(tmp_path, pack, runs: str, **env) -> subprocess.CompletedProcess:
     """scripts/train_device.sh as the device command runs it, on the CPU with tiny recipes."""
     recipes = tmp_path / "recipes"

@@ -179,3 +179,41 @@ def test_rebundling_keeps_the_kept_networks_record_and_the_lineage(tmp_path):
 def test_a_missing_warm_start_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="init_from .*nowhere.pt does not exist"):
         Trainer(tiny_config(tmp_path / "a", init_from=str(tmp_path / "nowhere.pt")))
+
+
+def _one_big_one_small_object():
+    """A volume with a 20x20-pixel box (400 px on a z slice) and a thin rod along z: 3x3 = 9 px on
+    a z slice, 3 x 30 = 90 px on a y or x slice."""
+    from propsam.training.sources import LabelledObject, SourceVolume
+
+    image = np.zeros((40, 64, 64), np.float32)
+    image[5:35, 5:25, 5:25] = 1.0
+    image[5:35, 40:43, 40:43] = 1.0
+    big = LabelledObject("big", (slice(5, 35), slice(5, 25), slice(5, 25)), np.ones((30, 20, 20), bool))
+    rod = LabelledObject("rod", (slice(5, 35), slice(40, 43), slice(40, 43)), np.ones((30, 3, 3), bool))
+    return SourceVolume("two", image, (1.0, 1.0, 1.0), "CT", 1.0, [big, rod])
+
+
+def test_small_share_draws_small_objects_with_guides_below_the_usual_minimum():
+    """small_share's tasks come from objects whose slices are all at most small_area pixels, with
+    guides down to SMALL_GUIDE_AREA pixels; the others never take a guide under MIN_GUIDE_AREA
+    (so without small_share the 9-pixel rod's z slices never guide a task)."""
+    from propsam.training.tasks import MIN_GUIDE_AREA, SMALL_GUIDE_AREA, _pick_guided
+
+    sources, rng = [_one_big_one_small_object()], np.random.default_rng(0)
+    small = [_pick_guided(sources, rng, True, 100) for _ in range(40)]
+    assert {obj.name for _, obj, _, _, _ in small} == {"rod"}
+    assert any(areas[valid].min() < MIN_GUIDE_AREA for _, _, _, areas, valid in small)  # the rod's 9-pixel z slices
+    assert all(areas[valid].min() >= SMALL_GUIDE_AREA for _, _, _, areas, valid in small)
+    usual = [_pick_guided(sources, rng, False, 100) for _ in range(40)]
+    assert {obj.name for _, obj, _, _, _ in usual} == {"big", "rod"}
+    assert all(areas[valid].min() >= MIN_GUIDE_AREA for _, _, _, areas, valid in usual)
+    assert _pick_guided([_one_big_one_small_object()], rng, True, 5) is None  # nothing that small: the caller falls back
+    task = sample_propmask_task(sources, rng, TaskOptions(small_share=1.0, memory=True))
+    assert task["guide_mask"].sum() > 0
+
+
+def test_the_recipes_small_share_reaches_the_tasks(tmp_path):
+    """small_share is a recipe setting; both samplers read it from the task options."""
+    assert Trainer(tiny_config(tmp_path / "a")).options.small_share == 0.0
+    assert Trainer(tiny_config(tmp_path / "b", small_share=0.3)).options.small_share == 0.3

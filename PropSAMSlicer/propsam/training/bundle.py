@@ -21,7 +21,7 @@ BUNDLE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # becomes part of the
 
 RECIPE_RECORD = ("steps", "batch_size", "adjacent", "lr", "lr_min", "weight_decay", "seed", "phantom_pool", "network_overrides",
                  "init_from", "synthesis_maps", "synth_pool", "synth_weight", "lesion_kinds", "lesion_share", "perturb_guide",
-                 "end_fraction")  # the recipe's settings a manifest keeps
+                 "end_fraction", "small_share")  # the recipe's settings a manifest keeps
 
 
 def _run_summary(weights: Path) -> dict:

@@ -28,7 +28,7 @@ from ..engine.slice_context import context_slices
 from .atlas import Atlas, build_atlas
 from .pack import PackedVolume, load_pack
 from .sources import objects_from_labels
-from .tasks import MIN_GUIDE_AREA, TaskOptions, previous_guides
+from .tasks import MIN_GUIDE_AREA, SMALL_GUIDE_AREA, TaskOptions, previous_guides
 
 MIN_HALF_EXTENT_PX = 8.0  # as engine.roi
 
@@ -75,14 +75,24 @@ def _pick_one(weights: torch.Tensor, gen) -> torch.Tensor:
     return _pick(weights, 1, gen)[:, 0]
 
 
-def _pick_pairs(atlas: Atlas, n: int, gen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(object, axis, slice areas) of n draws: a volume by weight, one of its objects, an axis
-    where the object has a usable slice (tasks._pick_object with its retries)."""
+def _pick_pairs(atlas: Atlas, n: int, gen, small_share: float = 0.0, small_area: int = 0):
+    """(object, axis, slice areas, smallest guide area) of n draws: a volume by weight, one of its
+    objects, an axis where the object has a usable slice (tasks._pick_guided with its retries).
+    A small_share of the draws is an (object, axis) whose slices are all at most small_area
+    pixels, with guides down to SMALL_GUIDE_AREA (where the atlas has one)."""
     usable = (atlas.areas >= MIN_GUIDE_AREA).any(-1)  # (O, 3)
     weights = (atlas.obj_weight[:, None] * usable).flatten()
     pick = torch.multinomial(weights, n, replacement=True, generator=gen)
+    least = torch.full((n,), MIN_GUIDE_AREA, device=pick.device)
+    if small_share > 0:
+        tiny = (atlas.areas >= SMALL_GUIDE_AREA).any(-1) & (atlas.areas.amax(-1) <= small_area)
+        tiny_weights = (atlas.obj_weight[:, None] * tiny).flatten()
+        if float(tiny_weights.sum()) > 0:
+            small = torch.rand(n, generator=gen, device=pick.device) < small_share
+            pick = torch.where(small, torch.multinomial(tiny_weights, n, replacement=True, generator=gen), pick)
+            least = torch.where(small, SMALL_GUIDE_AREA, least)
     obj, axis = pick // 3, pick % 3
-    return obj, axis, atlas.areas[obj, axis].long()
+    return obj, axis, atlas.areas[obj, axis].long(), least
 
 
 @dataclass
@@ -216,10 +226,10 @@ def _perturb(mask: torch.Tensor, kind, steps, scale, gen) -> torch.Tensor:
 
 def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
     device = atlas.image.device
-    obj, axis, areas = _pick_pairs(atlas, n, gen)
+    obj, axis, areas, least = _pick_pairs(atlas, n, gen, opt.small_share, opt.small_area)
     length = areas.shape[1]
     idx = torch.arange(length, device=device)
-    valid = areas >= MIN_GUIDE_AREA
+    valid = areas >= least[:, None]
     spacing_axis, sp_r, sp_c = _plane_spacing(atlas, obj, axis)
     vol_len = atlas.shape[atlas.obj_volume[obj]].gather(1, axis[:, None])[:, 0]
     window = (_uniform(gen, n, *opt.thickness_mm, device) / spacing_axis).round().clamp(1, opt.max_window).long()
@@ -295,7 +305,7 @@ def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
 
 def sample_box2mask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
     device = atlas.image.device
-    obj, axis, areas = _pick_pairs(atlas, n, gen)
+    obj, axis, areas, _ = _pick_pairs(atlas, n, gen)
     index = _pick_one(areas >= MIN_GUIDE_AREA, gen)
     box = atlas.boxes[obj, axis, index].float()
     scale = _uniform(gen, n, *opt.box_scale, device)

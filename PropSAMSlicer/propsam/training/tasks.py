@@ -20,6 +20,9 @@ from ..engine.slice_context import context_slices
 from .sources import LabelledObject, SourceVolume
 
 MIN_GUIDE_AREA = 16
+# small_share's tasks: objects whose every slice along the axis is at most small_area pixels, with
+# guides down to this many pixels (thin vessels and muscles, small lesions: the objects that stop short)
+SMALL_GUIDE_AREA = 4
 
 
 @dataclass
@@ -32,6 +35,8 @@ class TaskOptions:
     memory: bool = False  # also return the "prompt slice" (image + mask) behind the guide
     memory_slices: int = 1  # ... and (memory_slices - 1) previous guides between it and the guide
     perturb_guide: float = 0.0  # share of tasks whose guide mask is slightly wrong (memory corrects it)
+    small_share: float = 0.0  # share of tasks drawn from objects of small cross-section (see SMALL_GUIDE_AREA)
+    small_area: int = 100  # ... at most this many pixels on every slice along the task's axis
     in_channels: int = 1  # 2.5D: each image slice with its neighbours along the propagation (slice_context.py)
     context: tuple[float, float] = (1.0, 2.0)
     box_scale: tuple[float, float] = (1.0, 1.25)
@@ -107,17 +112,28 @@ def _slice_areas(obj: LabelledObject, axis: int, length: int) -> np.ndarray:
     return areas
 
 
-def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, opt: TaskOptions) -> dict:
-    for _ in range(50):
+def _pick_guided(sources: list[SourceVolume], rng: np.random.Generator, small: bool, small_area: int):
+    """(source, object, axis, slice areas, slices usable as a guide); `small`: an object whose
+    slices along the axis are all at most small_area pixels, None if 200 draws find none."""
+    for _ in range(200 if small else 50):
         source, obj = _pick_object(sources, rng)
         axis = int(rng.integers(3))
-        length = source.image.shape[axis]
-        areas = _slice_areas(obj, axis, length)
-        valid = np.flatnonzero(areas >= MIN_GUIDE_AREA)
+        areas = _slice_areas(obj, axis, source.image.shape[axis])
+        if small and areas.max() > small_area:
+            continue
+        valid = np.flatnonzero(areas >= (SMALL_GUIDE_AREA if small else MIN_GUIDE_AREA))
         if valid.size:
-            break
-    else:
-        raise RuntimeError("no object with a usable guiding slice")
+            return source, obj, axis, areas, valid
+    if small:
+        return None
+    raise RuntimeError("no object with a usable guiding slice")
+
+
+def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, opt: TaskOptions) -> dict:
+    small = opt.small_share > 0 and rng.random() < opt.small_share
+    picked = _pick_guided(sources, rng, small, opt.small_area) if small else None
+    source, obj, axis, areas, valid = picked or _pick_guided(sources, rng, False, opt.small_area)
+    length = source.image.shape[axis]
     spacing = source.spacing_zyx[axis]
     window = int(np.clip(round(rng.uniform(*opt.thickness_mm) / spacing), 1, opt.max_window))
     direction = int(rng.choice([-1, 1]))

@@ -60,6 +60,7 @@ class TrainConfig:
     lesion_share: float = 0.25  # share of synthetic volumes that are real images with planted lesions
     perturb_guide: float = 0.0  # PropMask: share of tasks with a slightly wrong guide mask
     end_fraction: float = 0.3  # PropMask: share of guides within one window of the object's end (where stopping is learned)
+    small_share: float = 0.0  # PropMask: share of tasks from objects of small cross-section (tasks.SMALL_GUIDE_AREA)
     sampler: str = "cpu"  # "device": batches made on the training device from `pack` (device_data.py)
     pack: str = ""  # training pack (`propsam pack-data`) for the device sampler
     device_sampler: dict = field(default_factory=dict)  # synth_refresh_every, synthesis: SynthOptions fields
@@ -142,7 +143,7 @@ class Trainer:
                                state=self.synth_state, lesion_kinds=tuple(cfg.lesion_kinds), lesion_share=cfg.lesion_share)
         self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
                                    memory=self.net_config.prompt_memory, memory_slices=self.net_config.memory_slices,
-                                   perturb_guide=cfg.perturb_guide, end_fraction=cfg.end_fraction,
+                                   perturb_guide=cfg.perturb_guide, end_fraction=cfg.end_fraction, small_share=cfg.small_share,
                                    in_channels=self.net_config.in_channels)
         self.device_sampler = None
         if on_device:
