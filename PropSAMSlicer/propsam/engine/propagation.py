@@ -294,4 +294,3 @@ def keep_components_touching(mask: np.ndarray, guide_index: int, guide_mask: np.
     keep = np.unique(labels[guide_index][guide_mask])
     keep = keep[keep > 0]
     return np.isin(labels, keep).astype(np.uint8)
-
