@@ -194,3 +194,20 @@ def test_the_mask_threshold_cuts_propmasks_probability(segmenter):
     low, mid, high = (int(m.sum()) for m in masks)  # (not nested voxel by voxel: each level guides its own rounds)
     assert low > mid > high
     assert all(np.array_equal(m[z], truth[z]) for m in masks)
+
+
+def test_window_per_radius_shortens_the_rounds_of_a_thin_object_only(segmenter):
+    """window_per_radius caps a round's reach at that x the prompt's radius: a 10 mm ball at 0.5x
+    goes 5 slices a round instead of 16 (more rounds, the same result); it never lengthens one."""
+    from dataclasses import replace
+
+    from propsam.engine.propagation import PropagationOptions
+    from propsam.engine.segmenter import SegmentOptions
+
+    volume, truth = sphere_volume(shape=(30, 48, 48), spacing=(1.0, 1.0, 1.0), radius_mm=10)
+    z = largest_slice(truth, 0)
+    runs = {f: segmenter.segment(volume, MaskPrompt(z, truth[z] > 0),
+                                 SegmentOptions(propagation=replace(PropagationOptions(), window_per_radius=f)))
+            for f in (0.0, 0.5, 100.0)}
+    assert runs[0.5].stats.rounds >= 3 > runs[0.0].stats.rounds == runs[100.0].stats.rounds
+    assert dice(runs[0.5].mask, truth) > 0.93 and np.array_equal(runs[0.0].mask, runs[100.0].mask)

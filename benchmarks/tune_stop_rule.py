@@ -110,6 +110,11 @@ VARIANTS = {
     "mask threshold 0.6": dict(mask_threshold=0.6, max_area_ratio=2.0),
     "mask threshold 0.7": dict(mask_threshold=0.7, max_area_ratio=2.0),
     "mask threshold 0.8": dict(mask_threshold=0.8, max_area_ratio=2.0),
+    # a round reaches at most this x the prompt's radius along the axis (thin objects in short steps)
+    "window per radius 0.25": dict(window_per_radius=0.25, max_area_ratio=2.0),
+    "window per radius 0.5": dict(window_per_radius=0.5, max_area_ratio=2.0),
+    "window per radius 1": dict(window_per_radius=1.0, max_area_ratio=2.0),
+    "window per radius 2": dict(window_per_radius=2.0, max_area_ratio=2.0),
     # PropMask averaged over more in-plane orientations (Box2Mask's 8 as shipped; "tta" is the CLI's --tta)
     "propmask tta 2": dict(tta="8x2", max_area_ratio=2.0),
     "propmask tta 4": dict(tta="8x4", max_area_ratio=2.0),
