@@ -107,6 +107,11 @@ class _Side:
     earlier: list = field(default_factory=list)  # the guides before this one, (slice, mask), most recent first
 
 
+def _radius_mm(mask: np.ndarray, spacing_rc) -> float:
+    """Radius of the disc with the mask's area, in mm."""
+    return math.sqrt(mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
+
+
 def window_size(thickness_mm: float, spacing_mm: float, cap: int) -> int:
     return int(np.clip(round(thickness_mm / spacing_mm), 1, cap))
 
@@ -132,11 +137,10 @@ def propagate(
     min_area = max(options.min_area_px, options.min_area_fraction * ref_mask.sum())
     largest = max(int(ref_mask.sum()), int(guide_mask.sum()))  # a correction may be larger than the prompt
     max_area = options.max_area_ratio * largest if options.max_area_ratio > 0 else math.inf
-    radius_mm = math.sqrt(guide_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
+    radius_mm = _radius_mm(guide_mask, spacing_rc)
     thickness_mm = options.thickness_mm
     if options.window_per_radius > 0:
-        ref_radius_mm = math.sqrt(ref_mask.sum() * spacing_rc[0] * spacing_rc[1] / math.pi)
-        thickness_mm = min(thickness_mm, options.window_per_radius * ref_radius_mm)
+        thickness_mm = min(thickness_mm, options.window_per_radius * _radius_mm(ref_mask, spacing_rc))
     window = window_size(thickness_mm, spacing_prc[0], options.max_window)
     expected_half = max(window, math.ceil(1.2 * radius_mm / spacing_prc[0]))
 
