@@ -21,10 +21,11 @@ import argparse
 
 import numpy as np
 
-from propsam.engine.box2mask_predictor import box_to_mask
 from propsam.engine.prompts import MaskPrompt
 from propsam.engine.roi import mask_bbox
 from propsam.engine.segmenter import Segmenter
+from propsam.errors import InputError
+from propsam.evaluation.baselines import box_guide
 from propsam.evaluation.metrics import dice
 from propsam.evaluation.objects import largest_slice
 from propsam.evaluation.report import bootstrap_ci
@@ -52,10 +53,9 @@ def redrawn(seg: Segmenter, volume: np.ndarray, mask: np.ndarray, truth: np.ndar
 
 def _box2mask(seg: Segmenter, plane: np.ndarray, box) -> np.ndarray:
     c0, r0, c1, r1 = box
-    box = (c0, r0, max(c1, c0 + 1), max(r1, r0 + 1))
-    try:
-        return box_to_mask(seg.box2mask, np.asarray(plane, np.float32), box, seg.config.box2mask.image_size, seg.device)
-    except Exception:  # Box2Mask found nothing in the box: an empty slice
+    try:  # as the engine runs Box2Mask for a box prompt (a box prompt is at least 2 x 2 pixels)
+        return box_guide(seg, plane, (c0, r0, max(c1, c0 + 1), max(r1, r0 + 1)))
+    except InputError:  # Box2Mask found nothing in the box: an empty slice
         return np.zeros(plane.shape, bool)
 
 
