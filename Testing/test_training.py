@@ -217,3 +217,16 @@ def test_the_recipes_small_share_reaches_the_tasks(tmp_path):
     """small_share is a recipe setting; both samplers read it from the task options."""
     assert Trainer(tiny_config(tmp_path / "a")).options.small_share == 0.0
     assert Trainer(tiny_config(tmp_path / "b", small_share=0.3)).options.small_share == 0.3
+
+
+def test_data_time_waits_for_the_gpu_only_on_cuda(monkeypatch):
+    """The log's data_share times the sampler alone: on CUDA the trainer lets the GPU finish the
+    last step first (else the sampler's first read-back waits for it and counts as data)."""
+    from propsam.training.train import wait_for_device
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    wait_for_device(torch.device("cpu"))
+    assert calls == []
+    wait_for_device(torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)]

@@ -90,14 +90,15 @@ def cosine_lr(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _widened(weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """A 2D network's first convolution (O, 1, kh, kw) as a 2.5D one's (O, C, kh, kw): the slice's
-    own channel (the centre) keeps the weights, the neighbours' start at zero, so the warm-started
-    network begins as the 2D one. Any other tensor is returned as it is."""
+def _widened(weight: torch.Tensor, shape: torch.Size, own_channel: int) -> torch.Tensor:
+    """A 2D network's first convolution (O, 1, kh, kw) as one that reads more channels (O, C, kh, kw):
+    a 2.5D network's neighbours and/or the mask hint (config.mask_hint). The slice's own channel
+    (`own_channel`) keeps the weights, the others start at zero, so the warm-started network
+    begins as the 2D one. Any other tensor is returned as it is."""
     if weight.dim() == 4 and weight.shape[1] == 1 and len(shape) == 4 and shape[1] > 1 and shape[0] == weight.shape[0] \
             and shape[2:] == weight.shape[2:]:
         wide = weight.new_zeros(shape)
-        wide[:, shape[1] // 2] = weight[:, 0]
+        wide[:, own_channel] = weight[:, 0]
         return wide
     return weight
 
@@ -157,12 +158,13 @@ class Trainer:
 
     def _warm_start(self, path: Path) -> None:
         """Load a weights file's tensors; only parts the file cannot have (the prompt memory, the
-        mask candidates, a 2.5D network's neighbour channels) stay new."""
+        mask candidates, a 2.5D network's neighbour channels, the mask hint's channel) stay new."""
         if not path.is_file():  # e.g. v2's PropMask, which v2.1 replaced: results/end_fraction_cpu/README.md says how to get it
             raise FileNotFoundError(f"init_from {path} does not exist (see the recipe's results README for where it comes from)")
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         own = self.net.state_dict()
-        state = {k: _widened(v.float(), own[k].shape) if k in own else v.float() for k, v in state.items()}
+        own_channel = self.net_config.in_channels // 2  # the centre of the image channels; the hint comes after them
+        state = {k: _widened(v.float(), own[k].shape, own_channel) if k in own else v.float() for k, v in state.items()}
         missing, unexpected = self.net.load_state_dict(state, strict=False)
         new_parts = [k for k in missing if not k.startswith(("memory_attention.", "alternatives.", "quality."))]
         if new_parts or unexpected:
@@ -242,8 +244,10 @@ class Trainer:
             for group in self.opt.param_groups:
                 clock = (time.time() - start) / (60 * cfg.max_minutes) if cfg.lr_by_time and cfg.max_minutes else 0.0
                 group["lr"] = cosine_lr(self.step, cfg, clock)
+            wait_for_device(self.device)  # else the batch's first read-back waits on the last step: counted as data
             t0 = time.time()
             batch = self._batch()
+            wait_for_device(self.device)
             data_time += time.time() - t0
             losses = self._forward(batch, autocast)
             loss = sum(losses.values())
@@ -274,6 +278,17 @@ class Trainer:
         if self.distributed:
             dist.barrier()
             dist.destroy_process_group()
+
+
+def wait_for_device(device: torch.device) -> None:
+    """Let a GPU finish its queued work, so that the time around a call is that call's own.
+
+    CUDA runs kernels asynchronously: without this the sampler's first read-back of a value
+    (it reads a few each batch) waits for the previous step's backward pass, and the log's
+    data_share counts the GPU's compute as data time. A no-op on the CPU.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def train(cfg: TrainConfig) -> Path:
