@@ -95,7 +95,10 @@ def test_device_batches_are_the_cpu_tasks_in_2_5d():
     assert _share_reading_ahead(cpu) > 0.8 and _share_reading_ahead(dev) > 0.8
 
 
-def test_warm_start_from_a_2d_network_begins_unchanged(tmp_path):
+@pytest.mark.parametrize("in_channels, mask_hint", [(3, False), (1, True), (3, True)])
+def test_warm_start_from_a_2d_network_begins_unchanged(tmp_path, in_channels, mask_hint):
+    """Warm-started from a 2D PropMask, a 2.5D one and/or one with the mask hint (config.mask_hint)
+    gives the 2D network's output: the slice's own channel keeps its weights, the rest start at 0."""
     from dataclasses import replace
 
     from propsam.modeling import build_network
@@ -103,16 +106,41 @@ def test_warm_start_from_a_2d_network_begins_unchanged(tmp_path):
     from test_training import tiny_config
 
     trainer = Trainer(tiny_config(tmp_path / "wide", init_from=str(SHIPPED_PROPMASK),
-                                  network_overrides={"prompt_memory": True, "in_channels": 3}))
-    flat = build_network(replace(trainer.net_config, in_channels=1))
+                                  network_overrides={"prompt_memory": True, "in_channels": in_channels, "mask_hint": mask_hint}))
+    flat = build_network(replace(trainer.net_config, in_channels=1, mask_hint=False))
     flat.load_state_dict(torch.load(SHIPPED_PROPMASK, weights_only=True)["state_dict"])
     torch.manual_seed(0)
-    g, m, adj = torch.rand(1, 3, 96, 96), (torch.rand(1, 1, 96, 96) > 0.5).float(), torch.rand(1, 2, 3, 96, 96)
-    mem_i, mem_m = torch.rand(1, 1, 3, 96, 96), (torch.rand(1, 1, 96, 96) > 0.5).float()
+    c, own = in_channels, in_channels // 2
+    g, m, adj = torch.rand(1, c, 96, 96), (torch.rand(1, 1, 96, 96) > 0.5).float(), torch.rand(1, 2, c, 96, 96)
+    mem_i, mem_m = torch.rand(1, 1, c, 96, 96), (torch.rand(1, 1, 96, 96) > 0.5).float()
     with torch.no_grad():
         wide_out = trainer.net.eval()(g, m, adj, mem_i, mem_m)
-        flat_out = flat.eval()(g[:, 1:2], m, adj[:, :, 1:2], mem_i[:, :, 1:2], mem_m)
+        flat_out = flat.eval()(g[:, own : own + 1], m, adj[:, :, own : own + 1], mem_i[:, :, own : own + 1], mem_m)
     torch.testing.assert_close(wide_out["masks"][0], flat_out["masks"][0], atol=1e-4, rtol=0)
     torch.testing.assert_close(wide_out["presence"], flat_out["presence"], atol=1e-4, rtol=0)
     first = trainer.net.image_encoder.stages[0][0][0].weight.detach()
-    assert first.shape[1] == 3 and float(first[:, [0, 2]].abs().sum()) == 0  # the neighbours start at zero
+    others = [i for i in range(c + int(mask_hint)) if i != own]
+    assert first.shape[1] == c + int(mask_hint) and float(first[:, others].abs().sum()) == 0  # the rest start at zero
+
+
+def test_the_mask_hint_reads_the_guides_mask_next_to_each_adjacent_slice():
+    """With mask_hint the output depends on the guide's mask through the first convolution too:
+    a network whose attention is silenced still sees where the guide's outline was."""
+    from propsam.modeling import build_network
+
+    config = NetworkConfig(network="propmask", image_size=32, base_channels=4, max_channels=8, stages=3,
+                           attention_stages=1, mask_hint=True)
+    net = build_network(config).eval()
+    with torch.no_grad():
+        for block in net.attention:  # no path for the mask but the hint
+            for p in block.parameters():
+                p.zero_()
+    torch.manual_seed(0)
+    g, adj = torch.rand(1, 1, 32, 32), torch.rand(1, 2, 1, 32, 32)
+    left, right = torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32)
+    left[..., :16], right[..., 16:] = 1, 1
+    with torch.no_grad():
+        a, b = net(g, left, adj)["masks"][0], net(g, right, adj)["masks"][0]
+    assert not torch.allclose(a, b)
+    with pytest.raises(InputError, match="mask_hint"):
+        NetworkConfig(network="box2mask", image_size=32, base_channels=4, max_channels=8, mask_hint=True).validate()

@@ -33,6 +33,10 @@ class NetworkConfig:
     position_head: bool = False  # SRPP (SAM2-3dMed): signed slice offset from the guide
     prompt_memory: bool = False  # PropMask also attends to the user's prompt slice (image + mask)
     memory_slices: int = 1  # with prompt_memory: the prompt plus the side's (memory_slices - 1) previous guides
+    # PropMask: every image also reads the nearest known mask at full resolution as one more input
+    # channel (an adjacent slice its guide's mask, the guide and memory slices their own), so the
+    # decoder need not rebuild the guide's outline from the low-resolution attention alone
+    mask_hint: bool = False
     mask_candidates: int = 1  # Box2Mask: > 1 adds that many - 1 alternative masks and a quality score for each
 
     @property
@@ -46,6 +50,8 @@ class NetworkConfig:
             raise InputError(f"image_size {self.image_size} must be divisible by 2**{self.stages - 1}")
         if self.network == "propmask" and not 1 <= self.attention_stages <= self.stages:
             raise InputError(f"attention_stages must be within 1..{self.stages}")
+        if self.network == "box2mask" and self.mask_hint:
+            raise InputError("mask_hint is a PropMask setting (Box2Mask has no guiding mask)")
         if self.network == "box2mask" and self.in_channels != 1:
             raise InputError(f"Box2Mask reads one slice: in_channels must be 1, got {self.in_channels}")
         if self.in_channels < 1 or self.in_channels % 2 == 0:

@@ -13,6 +13,11 @@ accepted slices): one key/value set of M slices' tokens, so no new parameters.
 
 With `in_channels` C > 1 (2.5D) every image is C slices: the slice with its neighbours behind and
 ahead of it along the propagation (engine/slice_context.py); masks stay one slice.
+
+With `mask_hint` the image encoder reads one more channel, the nearest known mask: the guide's for
+each adjacent slice, their own for the guide and memory slices. Next to the guide a slice looks
+much like it (copying the guide scores as well as v2.1's PropMask there), and this gives the
+decoder its outline at full resolution; its weights start at zero (training/train.py _widened).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class PropMask(nn.Module):
         super().__init__()
         self.config = config.validate()
         channels = config.channels
-        self.image_encoder = Encoder(config.in_channels, channels)
+        self.image_encoder = Encoder(config.in_channels + int(config.mask_hint), channels)
         self.mask_encoder = Encoder(1, channels)
         self.first_attention_stage = config.stages - config.attention_stages
         self.attention = nn.ModuleList(
@@ -75,7 +80,12 @@ class PropMask(nn.Module):
         use_memory = self.memory_attention is not None and memory_image is not None and memory_mask is not None
         m = memory_image.shape[1] if use_memory else 0
         leading = [guide_image, memory_image.flatten(0, 1)] if use_memory else [guide_image]
-        image_features = self.image_encoder(torch.cat(leading + [adjacent.flatten(0, 1)], dim=0))
+        images = torch.cat(leading + [adjacent.flatten(0, 1)], dim=0)
+        if self.config.mask_hint:
+            hints = [guide_mask] + ([memory_mask.flatten(0, 1)[:, None]] if use_memory else [])
+            hints.append(guide_mask[:, None].expand(-1, k, -1, -1, -1).flatten(0, 1))
+            images = torch.cat([images, torch.cat(hints).to(images.dtype)], dim=1)
+        image_features = self.image_encoder(images)
         mask_features = self.mask_encoder(torch.cat([guide_mask, memory_mask.flatten(0, 1)[:, None]]) if use_memory else guide_mask)
         first_adjacent = (1 + m) * b
         skips = []
