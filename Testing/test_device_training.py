@@ -169,13 +169,13 @@ def test_device_synthesis_is_seeded_and_labels_its_objects():
     assert batch["adjacent"].shape == (4, 2, 1, 32, 32)
 
 
-def tiny_recipe(shipped: str, pack: Path, out_dir: Path, in_channels: int = 1) -> dict:
+def tiny_recipe(shipped: str, pack: Path, out_dir: Path, in_channels: int = 1, mask_hint: bool = False) -> dict:
     """A shipped GPU recipe shrunk to seconds on the CPU: tiny network, batches and synthesis, the
     test's pack, no warm start."""
     recipe = json.loads((REPO / "PropSAMSlicer/propsam/training/recipes" / shipped).read_text())
     network = {"image_size": 32, "base_channels": 4, "max_channels": 16, "stages": 4}
     if recipe["network"] == "propmask":
-        network.update(prompt_memory=True, attention_stages=2, in_channels=in_channels)
+        network.update(prompt_memory=True, attention_stages=2, in_channels=in_channels, mask_hint=mask_hint)
     recipe.update(out_dir=str(out_dir), pack=str(pack), synthesis_maps=["a"], init_from="", batch_size=2,
                   adjacent=2, max_minutes=0.1, checkpoint_minutes=0.02, warmup_steps=2, log_every=1, threads=1,
                   device_sampler={"synth_refresh_every": 3, "synthesis": {"volumes": 2, "groups": 1, "max_crop": [16, 32, 32]}},
@@ -183,11 +183,11 @@ def tiny_recipe(shipped: str, pack: Path, out_dir: Path, in_channels: int = 1) -
     return recipe
 
 
-@pytest.mark.parametrize("in_channels", [1, 3])
-def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_path, in_channels):
+@pytest.mark.parametrize("in_channels, mask_hint", [(1, False), (3, True)])
+def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_path, in_channels, mask_hint):
     """The device command's path (training CLI, pack, device sampler) in a process where SimpleITK,
-    pydicom and highdicom cannot be imported, as on the lent GPU machine; 2D and 2.5D."""
-    recipe = tiny_recipe("lite_v2_propmask_gpu.json", pack, tmp_path / "run", in_channels=in_channels)
+    pydicom and highdicom cannot be imported, as on the lent GPU machine; 2D, and 2.5D with the mask hint."""
+    recipe = tiny_recipe("lite_v2_propmask_gpu.json", pack, tmp_path / "run", in_channels=in_channels, mask_hint=mask_hint)
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     block = "import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('SimpleITK', 'pydicom', 'highdicom')]; "
     run = (f"{block}sys.argv = ['x', 'train', '--config', {str(tmp_path / 'recipe.json')!r}, '--weights-dir', "
@@ -204,7 +204,7 @@ def test_tiny_device_training_stops_by_its_budget_without_simpleitk(pack, tmp_pa
 
     weights = tmp_path / "out" / "propmask.pt"
     config = NetworkConfig.from_dict(torch.load(weights, weights_only=True)["config"])
-    assert config.prompt_memory and config.in_channels == in_channels
+    assert config.prompt_memory and config.in_channels == in_channels and config.mask_hint == mask_hint
     assert load_network(weights, config, sha256_of(weights)) is not None
     assert "SimpleITK" not in result.stdout + result.stderr
 
