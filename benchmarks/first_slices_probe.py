@@ -52,13 +52,14 @@ def main(argv=None) -> int:
     seg = Segmenter.load(args.model, "cpu")
     size, context = seg.config.propmask.image_size, PropagationOptions().context
     objects = tuning_objects(args.objects) + (real_tuning_objects(args.real) if args.real else [])
-    rows = []  # (group, area class, distance, propmask, copy, both, either, ceiling): one row per object and distance
+    rows = []  # (group, area class, distance, source, propmask, copy, both, either, ceiling): one row per object and distance
     for name, volume, truth in objects:
         k = largest_slice(truth)
         prompt = truth[k] > 0
         mask = seg.segment(volume, MaskPrompt(k, prompt)).mask
         spacing_rc = (volume.spacing[1], volume.spacing[0])  # axial: rows are y, columns x
         group = "real" if name.startswith("real") else "synthetic + phantom"
+        source = name.split(":")[0]  # e.g. real/brats
         for d in range(1, args.distance + 1):
             scores = []
             for t in (k - d, k + d):
@@ -67,14 +68,15 @@ def main(argv=None) -> int:
                     scores.append((dice(got, true), dice(prompt, true), dice(got & prompt, true), dice(got | prompt, true),
                                    ceiling(true, prompt, spacing_rc, size, context)))
             if scores:
-                rows.append((group, area_class(int(prompt.sum())), d, *np.mean(scores, axis=0)))
+                rows.append((group, area_class(int(prompt.sum())), d, source, *np.mean(scores, axis=0)))
     print("| objects | distance | n | propmask | copy | both | either | ceiling |")
     print("|---|---|---|---|---|---|---|---|")
     groups = [(g, lambda r, g=g: r[0] == g) for g in ("synthetic + phantom", "real")]
     groups += [(f"all, {c}", lambda r, c=c: r[1] == c) for c, _, _ in AREA_CLASSES]
+    groups += [(src, lambda r, src=src: r[3] == src) for src in sorted({r[3] for r in rows if r[0] == "real"})]
     for label, keep in groups:
         for d in range(1, args.distance + 1):
-            chosen = np.array([r[3:] for r in rows if keep(r) and r[2] == d])
+            chosen = np.array([r[4:] for r in rows if keep(r) and r[2] == d])
             if not len(chosen):
                 continue
             cells = []
