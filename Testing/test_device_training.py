@@ -303,3 +303,11 @@ def test_the_device_command_refuses_without_its_pack_before_anything(pack, tmp_p
     result = _device_script(tmp_path, pack, "pm:lite_v2_propmask_gpu.json", PACK=str(tmp_path / "missing.npz"))
     assert result.returncode == 2 and "missing.npz is missing" in result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_device_command_refuses_more_runs_than_can_come_back(pack, tmp_path):
+    """Three runs would write up to 11 files; the device tool returns 8: refused before training."""
+    result = _device_script(tmp_path, pack, "a:lite_v2_propmask_gpu.json b:lite_v2_propmask_gpu.json c:lite_v2_box2mask_gpu.json")
+    assert result.returncode == 2 and "at most 2" in result.stderr
+    assert not (tmp_path / "runs").exists()
+

@@ -2,7 +2,7 @@
 # Train PropMask and Box2Mask at once on one lent GPU, within one device command (< 9 min).
 #   bash scripts/train_device.sh OUT_DIR [MINUTES]
 # RUNS="name:recipe.json ..." picks other runs to put side by side, e.g. the 2D and the 2.5D PropMask:
-#   RUNS="propmask:lite_v2_propmask_gpu.json propmask_context3:lite_v2_propmask_context3_gpu.json"
+#   RUNS="propmask:lite_v2_propmask_gpu.json propmask_wide:lite_v2_propmask_context3_hint_gpu.json"
 # Needs cache/train_pack.npz (`propsam pack-data --out cache/train_pack.npz`, carried to the device).
 # Reads nothing else but the repository (shipped weights for the warm start) and needs no SimpleITK.
 # Writes into OUT_DIR, every file < 16 MiB (the device tool's limit): box2mask.pt, propmask.pt split
@@ -23,6 +23,9 @@ PACK=${PACK:-cache/train_pack.npz}  # the recipes name it too; checked here to f
 RUNS_DIR=${RUNS_DIR:-runs}
 PART_BYTES=${PART_BYTES:-$((15 * 1024 * 1024))}  # under the device tool's 16 MiB per file
 [ -f "$PACK" ] || { echo "$PACK is missing: run propsam pack-data and carry cache/" >&2; exit 2; }
+# the device tool returns at most 8 files from OUT: per run up to 2 weight parts and a log, plus summary and gpu.txt
+N_RUNS=$(echo $RUNS | wc -w)
+[ "$N_RUNS" -le 2 ] || { echo "RUNS names $N_RUNS runs: at most 2 fit the 8 files the device tool returns" >&2; exit 2; }
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/PropSAMSlicer${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 (nvidia-smi 2>&1; "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())") > "$OUT/gpu.txt"
