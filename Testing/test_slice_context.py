@@ -144,3 +144,20 @@ def test_the_mask_hint_reads_the_guides_mask_next_to_each_adjacent_slice():
     assert not torch.allclose(a, b)
     with pytest.raises(InputError, match="mask_hint"):
         NetworkConfig(network="box2mask", image_size=32, base_channels=4, max_channels=8, mask_hint=True).validate()
+
+
+def test_hint_init_starts_the_hint_channel_from_the_slices_weights(tmp_path):
+    """hint_init s: the hint's first-layer weights start at s x the slice's, so the network reads
+    the guide's region as brighter from the first step; refused where there is no new channel."""
+    from propsam.training.train import HINT_WEIGHT, Trainer
+    from test_training import tiny_config
+
+    trainer = Trainer(tiny_config(tmp_path / "hint", init_from=str(SHIPPED_PROPMASK), hint_init=0.5,
+                                  network_overrides={"prompt_memory": True, "mask_hint": True}))
+    first = trainer.net.state_dict()[HINT_WEIGHT]
+    shipped = torch.load(SHIPPED_PROPMASK, weights_only=True)["state_dict"][HINT_WEIGHT].float()
+    torch.testing.assert_close(first[:, 0], shipped[:, 0])
+    torch.testing.assert_close(first[:, 1], 0.5 * shipped[:, 0])
+    with pytest.raises(RuntimeError, match="hint_init"):
+        Trainer(tiny_config(tmp_path / "no_hint", init_from=str(SHIPPED_PROPMASK), hint_init=0.5,
+                            network_overrides={"prompt_memory": True}))

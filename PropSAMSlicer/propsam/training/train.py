@@ -53,6 +53,10 @@ class TrainConfig:
     cpu_bf16: bool = False  # bf16 autocast on CPU: ~1.5x faster steps where the CPU has avx512_bf16/AMX
     max_minutes: float = 0  # stop (with a checkpoint) after this long; 0: no limit
     init_from: str = ""  # warm start: an engine weights file (e.g. a shipped model's); new parts start fresh
+    # warm start of a network with mask_hint from one without: the hint's first-layer weights start
+    # at this x the slice's (0: at zero, the network begins unchanged; > 0: it begins reading the
+    # guide's region as brighter, so the channel is in use from the first step)
+    hint_init: float = 0.0
     synthesis_maps: list = field(default_factory=list)  # training-split ids whose label maps feed synthesis
     synth_pool: int = 32
     synth_weight: float = 0.5  # sampling weight of each synthetic volume
@@ -88,6 +92,9 @@ def cosine_lr(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = max((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), time_fraction)
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+HINT_WEIGHT = "image_encoder.stages.0.0.0.weight"  # PropMask's first convolution: its last input channel is the mask hint
 
 
 def _widened(weight: torch.Tensor, shape: torch.Size, own_channel: int) -> torch.Tensor:
@@ -161,10 +168,14 @@ class Trainer:
         mask candidates, a 2.5D network's neighbour channels, the mask hint's channel) stay new."""
         if not path.is_file():  # e.g. v2's PropMask, which v2.1 replaced: results/end_fraction_cpu/README.md says how to get it
             raise FileNotFoundError(f"init_from {path} does not exist (see the recipe's results README for where it comes from)")
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        raw = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         own = self.net.state_dict()
         own_channel = self.net_config.in_channels // 2  # the centre of the image channels; the hint comes after them
-        state = {k: _widened(v.float(), own[k].shape, own_channel) if k in own else v.float() for k, v in state.items()}
+        state = {k: _widened(v.float(), own[k].shape, own_channel) if k in own else v.float() for k, v in raw.items()}
+        if self.cfg.hint_init:
+            if not self.net_config.mask_hint or own[HINT_WEIGHT].shape[1] == raw[HINT_WEIGHT].shape[1]:
+                raise RuntimeError(f"hint_init starts a new mask-hint channel: the network must have mask_hint and {path} must not")
+            state[HINT_WEIGHT][:, -1] = self.cfg.hint_init * state[HINT_WEIGHT][:, own_channel]
         missing, unexpected = self.net.load_state_dict(state, strict=False)
         new_parts = [k for k in missing if not k.startswith(("memory_attention.", "alternatives.", "quality."))]
         if new_parts or unexpected:
