@@ -17,7 +17,8 @@ ahead of it along the propagation (engine/slice_context.py); masks stay one slic
 With `mask_hint` the image encoder reads one more channel, the nearest known mask: the guide's for
 each adjacent slice, their own for the guide and memory slices. Next to the guide a slice looks
 much like it (copying the guide scores as well as v2.1's PropMask there), and this gives the
-decoder its outline at full resolution; its weights start at zero (training/train.py _widened).
+decoder its outline at full resolution. A warm start begins its weights at zero (training/train.py
+_widened) or, with the recipe's hint_init, at a share of the slice's (results/mask_hint_cpu/).
 """
 
 from __future__ import annotations
