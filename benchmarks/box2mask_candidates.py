@@ -25,7 +25,7 @@ from propsam.errors import InputError
 from propsam.evaluation.metrics import dice
 from propsam.evaluation.objects import eval_datasets, iter_eval_objects
 from propsam.training.train import default_data_dir
-from tune_stop_rule import real_tuning_objects, tuning_objects
+from tune_stop_rule import add_tuning_arguments, chosen_tuning_objects
 
 
 def candidate_planes(seg: Segmenter, plane: np.ndarray, box) -> tuple[list[np.ndarray], int]:
@@ -87,14 +87,13 @@ def table(rows: list[dict], title: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a bundle whose Box2Mask has mask_candidates > 1")
-    parser.add_argument("--objects", type=int, default=30)
-    parser.add_argument("--real", type=int, default=56)
+    add_tuning_arguments(parser)
     parser.add_argument("--dev", action="store_true", help="also the dev evaluation objects (a report, never a choice)")
     args = parser.parse_args(argv)
     seg = Segmenter.load(args.model, "cpu")
     if seg.config.box2mask.mask_candidates < 2:
         parser.error(f"{args.model}: its Box2Mask has no candidates (mask_candidates = 1)")
-    text = table(measure(seg, tuning_objects(args.objects) + real_tuning_objects(args.real)), "Tuning objects")
+    text = table(measure(seg, chosen_tuning_objects(args)), "Tuning objects")
     if args.dev:
         data_dir = default_data_dir()
         dev = [(o.key, o.volume, o.truth) for o in iter_eval_objects(data_dir, eval_datasets(data_dir)) if o.headline]

@@ -21,7 +21,7 @@ from propsam.engine.segmenter import Segmenter, SegmentOptions
 from propsam.evaluation.metrics import dice
 from propsam.evaluation.objects import largest_slice, prompts_on
 from propsam.evaluation.report import bootstrap_ci
-from tune_stop_rule import real_tuning_objects, tuning_objects
+from tune_stop_rule import add_tuning_arguments, chosen_tuning_objects
 
 LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -51,13 +51,12 @@ def fitted(prob: np.ndarray, inside: np.ndarray, box) -> np.ndarray:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lite")
-    parser.add_argument("--objects", type=int, default=30)
-    parser.add_argument("--real", type=int, default=56)
+    add_tuning_arguments(parser)
     args = parser.parse_args(argv)
     seg = Segmenter.load(args.model, "cpu")
     options = SegmentOptions()
     turns = options.tta.box2mask  # Box2Mask's orientations as shipped (8)
-    objects = tuning_objects(args.objects) + (real_tuning_objects(args.real) if args.real else [])
+    objects = chosen_tuning_objects(args)
     scores = {"tight": [], "jittered": []}  # (shipped 0.5, fitted) per object
     for i, (name, volume, truth) in enumerate(objects):
         k = largest_slice(truth)

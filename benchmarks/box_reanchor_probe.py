@@ -29,7 +29,7 @@ from propsam.evaluation.baselines import box_guide
 from propsam.evaluation.metrics import dice
 from propsam.evaluation.objects import largest_slice
 from propsam.evaluation.report import bootstrap_ci
-from tune_stop_rule import real_tuning_objects, tuning_objects, write_rows
+from tune_stop_rule import add_tuning_arguments, chosen_tuning_objects, write_rows
 
 VARIANTS = ("propmask", "box2mask own box", "intersection", "union", "box2mask true box")
 
@@ -62,13 +62,12 @@ def _box2mask(seg: Segmenter, plane: np.ndarray, box) -> np.ndarray:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lite")
-    parser.add_argument("--objects", type=int, default=30)
-    parser.add_argument("--real", type=int, default=56)
+    add_tuning_arguments(parser)
     parser.add_argument("--rows-out")
     args = parser.parse_args(argv)
     seg = Segmenter.load(args.model, "cpu")
     rows = []
-    for name, volume, truth in tuning_objects(args.objects) + real_tuning_objects(args.real):
+    for name, volume, truth in chosen_tuning_objects(args):
         k = largest_slice(truth)
         result = seg.segment(volume, MaskPrompt(k, truth[k] > 0))
         for variant, mask in redrawn(seg, volume.array, result.mask, truth, k).items():

@@ -21,18 +21,17 @@ import numpy as np
 
 from propsam.evaluation.objects import largest_slice
 from propsam.evaluation.report import AREA_CLASSES, area_class, bootstrap_ci
-from tune_stop_rule import real_tuning_objects, tuning_objects
+from tune_stop_rule import add_tuning_arguments, chosen_tuning_objects
 
-def prompt_areas(objects: int, real: int) -> dict[str, int]:
+def prompt_areas(args) -> dict[str, int]:
     """object name -> pixels of its truth on its largest axial slice (the prompt slice)."""
-    return {name: int((truth[largest_slice(truth)] > 0).sum()) for name, _, truth in tuning_objects(objects) + real_tuning_objects(real)}
+    return {name: int((truth[largest_slice(truth)] > 0).sum()) for name, _, truth in chosen_tuning_objects(args)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", action="append", required=True, help="a --rows-out CSV of tune_stop_rule.py")
-    parser.add_argument("--objects", type=int, default=30)
-    parser.add_argument("--real", type=int, default=56)
+    add_tuning_arguments(parser)
     parser.add_argument("--prompt", default="mask")
     parser.add_argument("--pair", action="append", default=[], help="CONTROL=ARM, the labels before ':' in the rows")
     args = parser.parse_args(argv)
@@ -41,7 +40,7 @@ def main(argv=None) -> int:
         with open(path, newline="") as f:
             by_key.update({(r["variant"], r["object"]): r for r in csv.DictReader(f) if r["prompt"] == args.prompt})
     rows = list(by_key.values())
-    areas = prompt_areas(args.objects, args.real)
+    areas = prompt_areas(args)
     missing = {r["object"] for r in rows} - set(areas)
     if missing:
         parser.error(f"{len(missing)} objects of the rows are not among the tuning objects of --objects/--real, e.g. {sorted(missing)[0]}")

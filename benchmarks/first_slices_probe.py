@@ -28,7 +28,7 @@ from propsam.engine.segmenter import Segmenter
 from propsam.evaluation.metrics import dice
 from propsam.evaluation.objects import largest_slice
 from propsam.evaluation.report import AREA_CLASSES, area_class, bootstrap_ci
-from tune_stop_rule import real_tuning_objects, tuning_objects
+from tune_stop_rule import add_tuning_arguments, chosen_tuning_objects
 
 
 def ceiling(truth_slice: np.ndarray, prompt: np.ndarray, spacing_rc, size: int, context: float) -> float:
@@ -45,13 +45,12 @@ def ceiling(truth_slice: np.ndarray, prompt: np.ndarray, spacing_rc, size: int, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lite")
-    parser.add_argument("--objects", type=int, default=30)
-    parser.add_argument("--real", type=int, default=56)
+    add_tuning_arguments(parser)
     parser.add_argument("--distance", type=int, default=3, help="slices each side of the prompt")
     args = parser.parse_args(argv)
     seg = Segmenter.load(args.model, "cpu")
     size, context = seg.config.propmask.image_size, PropagationOptions().context
-    objects = tuning_objects(args.objects) + (real_tuning_objects(args.real) if args.real else [])
+    objects = chosen_tuning_objects(args)
     rows = []  # (group, area class, distance, source, propmask, copy, both, either, ceiling): one row per object and distance
     for name, volume, truth in objects:
         k = largest_slice(truth)

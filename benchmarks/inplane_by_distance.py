@@ -21,7 +21,7 @@ from propsam.engine.segmenter import Segmenter
 from propsam.evaluation.metrics import dice
 from propsam.evaluation.objects import largest_slice
 from propsam.evaluation.report import bootstrap_ci
-from tune_stop_rule import real_tuning_objects, tuning_objects
+from tune_stop_rule import add_tuning_arguments, chosen_tuning_objects
 
 BINS = (0.25, 0.5, 0.75, 1.0)
 
@@ -42,11 +42,10 @@ def profile(mask: np.ndarray, truth: np.ndarray, k: int) -> dict[int, list[float
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lite")
-    parser.add_argument("--objects", type=int, default=30)
-    parser.add_argument("--real", type=int, default=56)
+    add_tuning_arguments(parser)
     args = parser.parse_args(argv)
     seg = Segmenter.load(args.model, "cpu")
-    objects = tuning_objects(args.objects) + (real_tuning_objects(args.real) if args.real else [])
+    objects = chosen_tuning_objects(args)
     per_group: dict[str, dict[int, list[float]]] = {}
     for name, volume, truth in objects:
         k = largest_slice(truth)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from propsam.engine.segmenter import Segmenter
-from tune_stop_rule import VARIANTS, real_tuning_objects, run, table, tuning_objects, write_rows
+from tune_stop_rule import VARIANTS, add_tuning_arguments, chosen_tuning_objects, run, table, write_rows
 
 
 class AveragedPropMask(nn.Module):
@@ -41,12 +41,11 @@ class AveragedPropMask(nn.Module):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--member", action="append", required=True, help="a model folder whose PropMask joins lite's")
-    parser.add_argument("--objects", type=int, default=30)
-    parser.add_argument("--real", type=int, default=56)
+    add_tuning_arguments(parser)
     parser.add_argument("--prompts", default="mask,box")
     parser.add_argument("--rows-out")
     args = parser.parse_args(argv)
-    objects = tuning_objects(args.objects) + (real_tuning_objects(args.real) if args.real else [])
+    objects = chosen_tuning_objects(args)
     prompts = tuple(p.strip() for p in args.prompts.split(","))
     shipped = {"leak limit 2x": VARIANTS["leak limit 2x"]}
     rows = run("lite", objects, shipped, True, prompts, True)

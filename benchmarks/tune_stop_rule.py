@@ -80,6 +80,17 @@ def real_tuning_objects(count: int, per_dataset: int = 8, min_slices: int = 5, s
     return [chosen[i] for i in sorted(rng.permutation(len(chosen))[:count])]
 
 
+def add_tuning_arguments(parser) -> None:
+    """--objects and --real as the probes of issue 9 take them: the 86 tuning objects by default."""
+    parser.add_argument("--objects", type=int, default=30, help="synthetic and phantom tuning objects")
+    parser.add_argument("--real", type=int, default=56, help="real objects of the training split")
+
+
+def chosen_tuning_objects(args) -> list:
+    """(name, Volume, truth) of the tuning objects that --objects and --real ask for."""
+    return tuning_objects(args.objects) + (real_tuning_objects(args.real) if args.real else [])
+
+
 # every variant names its leak limit: the engine's default is one of the variants (leak limit 2x)
 VARIANTS = {
     "v1 rule (patience 1, no leak limit)": dict(stop_patience=1, max_area_ratio=0.0),
