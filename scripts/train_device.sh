@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train PropMask and Box2Mask at once on one lent GPU, within one device command (< 9 min).
 #   bash scripts/train_device.sh OUT_DIR [MINUTES]
-# RUNS="name:recipe.json ..." picks other runs to put side by side, e.g. the 2D and the 2.5D PropMask:
+# RUNS="name:recipe.json ..." picks other runs (at most 2) to put side by side, e.g. v2.1's recipe beside the 2.5D + mask-hint arm:
 #   RUNS="propmask:lite_v2_propmask_gpu.json propmask_wide:lite_v2_propmask_context3_hint_gpu.json"
 # Needs cache/train_pack.npz (`propsam pack-data --out cache/train_pack.npz`, carried to the device).
 # Reads nothing else but the repository (shipped weights for the warm start) and needs no SimpleITK.
