@@ -15,8 +15,8 @@ import argparse
 
 import numpy as np
 
-from propsam.engine.box2mask_predictor import WindowSearch, _predict
-from propsam.engine.roi import box_roi, mask_bbox
+from propsam.engine.box2mask_predictor import box_probability
+from propsam.engine.roi import mask_bbox
 from propsam.engine.segmenter import Segmenter, SegmentOptions
 from propsam.evaluation.metrics import dice
 from propsam.evaluation.objects import largest_slice, prompts_on
@@ -64,13 +64,8 @@ def main(argv=None) -> int:
         plane = volume.array[k].astype(np.float32)
         true = truth[k] > 0
         for kind, box in (("tight", prompts.box), ("jittered", prompts.jittered_box)):
-            c0, r0, c1, r1 = box
-            inside = np.zeros(plane.shape, bool)
-            inside[r0 : r1 + 1, c0 : c1 + 1] = True
-            roi = box_roi(box, options.box_scale)
-            br0, br1, bc0, bc1 = roi.bounds(plane.shape)
-            prob = _predict(seg.box2mask, plane, roi, WindowSearch().windows(plane[br0:br1, bc0:bc1]),
-                            seg.config.box2mask.image_size, seg.device, turns)
+            prob, inside = box_probability(seg.box2mask, plane, box, seg.config.box2mask.image_size, seg.device,
+                                           options.window_search, options.box_scale, turns)
             shipped = (prob > 0.5) & inside
             fit = fitted(prob, inside, box)
             fit = shipped if fit is None else fit

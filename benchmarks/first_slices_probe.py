@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         k = largest_slice(truth)
         prompt = truth[k] > 0
         mask = seg.segment(volume, MaskPrompt(k, prompt)).mask
-        spacing_rc = (volume.spacing[1], volume.spacing[0])  # axial: rows are y, columns x
+        spacing_rc = (volume.axis_spacing(1), volume.axis_spacing(2))  # the axial slice's rows and columns
         group = "real" if name.startswith("real") else "synthetic + phantom"
         source = name.split(":")[0]  # e.g. real/brats
         for d in range(1, args.distance + 1):

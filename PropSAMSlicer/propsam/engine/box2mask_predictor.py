@@ -52,19 +52,27 @@ def _predict(net, plane: np.ndarray, roi, windows, size: int, device, orientatio
     return out
 
 
-def box_to_mask(net, plane: np.ndarray, box: tuple[int, int, int, int], size: int, device,
-                search: WindowSearch = WindowSearch(), box_scale: float = 1.1, orientations: int = 1) -> np.ndarray:
-    """plane (rows, cols) raw intensities; box (c0, r0, c1, r1) inclusive -> bool mask inside the box.
-    orientations: average over this many in-plane orientations of each crop (engine/tta.py)."""
+def box_probability(net, plane: np.ndarray, box: tuple[int, int, int, int], size: int, device,
+                    search: WindowSearch = WindowSearch(), box_scale: float = 1.1, orientations: int = 1):
+    """Pass 1 of box_to_mask: (probability on the plane's pixels, bool mask of the box's pixels)."""
     c0, r0, c1, r1 = box
     inside = np.zeros(plane.shape, bool)
     inside[r0 : r1 + 1, c0 : c1 + 1] = True
     roi = box_roi(box, box_scale)
     br0, br1, bc0, bc1 = roi.bounds(plane.shape)
-    first = (_predict(net, plane, roi, search.windows(plane[br0:br1, bc0:bc1]), size, device, orientations) > 0.5) & inside
+    return _predict(net, plane, roi, search.windows(plane[br0:br1, bc0:bc1]), size, device, orientations), inside
+
+
+def box_to_mask(net, plane: np.ndarray, box: tuple[int, int, int, int], size: int, device,
+                search: WindowSearch = WindowSearch(), box_scale: float = 1.1, orientations: int = 1) -> np.ndarray:
+    """plane (rows, cols) raw intensities; box (c0, r0, c1, r1) inclusive -> bool mask inside the box.
+    orientations: average over this many in-plane orientations of each crop (engine/tta.py)."""
+    prob, inside = box_probability(net, plane, box, size, device, search, box_scale, orientations)
+    first = (prob > 0.5) & inside
     if not first.any():
         raise InputError("Box2Mask found no object in the box; draw the box tightly around the object or sketch a mask")
     if not search.refine:
         return first
+    roi = box_roi(box, box_scale)
     refined = (_predict(net, plane, roi, [window_from_values(plane[first], 0.5, 99.5)], size, device, orientations) > 0.5) & inside
     return refined if refined.any() else first
