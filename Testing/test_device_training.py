@@ -311,3 +311,14 @@ def test_the_device_command_refuses_more_runs_than_can_come_back(pack, tmp_path)
     assert result.returncode == 2 and "at most 2" in result.stderr
     assert not (tmp_path / "runs").exists()
 
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="needs the git checkout to list the tracked files")
+def test_the_slimmed_checkout_and_the_pack_fit_what_the_device_tool_sends():
+    """The device tool sends at most 64 MiB: tracked files without v1's weights plus the pack
+    (22 MiB counted where cache/ is not built). Fails when the tracked tree grows past that."""
+    result = subprocess.run(["bash", str(REPO / "scripts" / "device_slim.sh"), "--dry-run"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    total = float(result.stdout.split(": ")[-1].split(" MiB")[0])
+    assert 20 < total <= 64
+    assert all((REPO / "PropSAMSlicer/Resources/Models/lite_v1" / f).exists() for f in ("lite_propmask.pt", "lite_box2mask.pt"))

@@ -20,7 +20,7 @@ from propsam.evaluation.harness import (
 )
 from propsam.engine.roi import mask_bbox
 from propsam.engine.roi import slice_extent
-from propsam.evaluation.metrics import average_surface_distance, dice, hd95
+from propsam.evaluation.metrics import average_surface_distance, dice, edge_separability, hd95
 from propsam.evaluation.objects import eval_datasets, largest_slice, objects_of
 from propsam.training.sources import SourceVolume, manifest_entries, objects_from_labels
 
@@ -114,6 +114,23 @@ def test_cube_shift_dice_and_cropping_keeps_distances():
     assert ca.size < a.size
     assert hd95(ca, cb, SPACING) == pytest.approx(hd95(a, b, SPACING))
     assert average_surface_distance(ca, cb, SPACING) == pytest.approx(average_surface_distance(a, b, SPACING))
+
+
+def test_edge_separability_tells_a_hidden_outline_from_a_clear_one():
+    """0.5-ish when the object's intensities match its surroundings (a touching neighbour of the
+    same intensity), 1 when they are apart, whichever is brighter; a partly overlapping range
+    lies between."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 40), bool)
+    mask[12:28, 12:28] = True
+    same = rng.normal(100, 10, mask.shape)
+    assert 0.5 <= edge_separability(same, mask) < 0.6
+    brighter = same + 200 * mask
+    assert edge_separability(brighter, mask) == pytest.approx(1.0)
+    assert edge_separability(same - 200 * mask, mask) == pytest.approx(1.0)
+    partly = same + 12 * mask
+    assert 0.7 < edge_separability(partly, mask) < 0.95
+    assert np.isnan(edge_separability(same, np.zeros_like(mask)))
 
 
 # baselines --------------------------------------------------------------------------------------
@@ -425,12 +442,14 @@ def test_any_list_of_objects_and_several_models_in_one_run(segmenter, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     report = summary[summary.index("### Report: 2 real object(s)"):]
     for text in ("| a/propsam-box | 2 |", "| b/propsam-box | 2 |", "| copy | 2 |", "CT (n=1) | MR (n=1)",
-                 "<= 6 (n=0) | 7-30 (n=2)", "lesion (n=1) | organ (n=1)", "60-299 px (n=0) | 300-999 px (n=2)"):
+                 "<= 6 (n=0) | 7-30 (n=2)", "lesion (n=1) | organ (n=1)", "60-299 px (n=0) | 300-999 px (n=2)",
+                 "faint 0.75-0.9 (n=0) | clear >= 0.9 (n=2)"):
         assert text in report, text  # the ball's prompt slice: ~314 pixels of 1 x 1 mm
     from propsam.evaluation.report import report_markdown
 
-    before = [{k: v for k, v in r.items() if k != "prompt_area"} for r in labelled(rows)]  # results written before the column
+    before = [{k: v for k, v in r.items() if k not in ("prompt_area", "prompt_edge")} for r in labelled(rows)]  # results written before the columns
     assert "cross-section" in report and "cross-section" not in report_markdown(before)
+    assert "outline visibility" in report and "outline visibility" not in report_markdown(before)
     with pytest.raises(ValueError, match="not on the volume's grid"):
         make_object("synthetic", "s3", "ball", volume, truth[1:])
 

@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..io.atomic import atomic_path
 from .baselines import box2mask_chain, box_guide, copy_baseline, registration_baseline
 from .descriptors import describe
-from .metrics import average_surface_distance, dice, hd95
+from .metrics import average_surface_distance, dice, edge_separability, hd95
 from .objects import GENERATED_DATASETS, EvalObject, Prompts, nearest_filled_slice, prompts_on, seed_of
 from .orientations import agreement, orientation_setting, turn_object
 from .report import report_markdown
@@ -147,6 +147,7 @@ def score(run: Run, obj: EvalObject, prediction: np.ndarray, seconds: float, err
         "modality": obj.modality, "kind": obj.kind, "truth_source": obj.truth_source, "subject": obj.subject,
         "true_slices": obj.slices, "model": model.label, "tta": model.tta_name(),
         "method": run.method, "setting": run.setting, "prompt_slice": s, "prompt_area": int((obj.truth[s] > 0).sum()),
+        "prompt_edge": round(edge_separability(obj.volume.array[s], obj.truth[s]), 4),
         "thickness_mm": run.thickness_mm if run.method.startswith("propsam") else "",
         "dice": dice(pred, truth), "prompt_dice": dice(prediction[s], obj.truth[s]), "hd95_mm": hd95(pred, truth, spacing), "asd_mm": average_surface_distance(pred, truth, spacing),
         "seconds": round(seconds, 3), "pred_slices": int((prediction > 0).reshape(prediction.shape[0], -1).any(1).sum()),
@@ -254,7 +255,7 @@ def headline_means(rows: list[dict]) -> dict:
     return table
 
 
-FLOAT_COLUMNS = ("dice", "prompt_dice", "hd95_mm", "asd_mm", "seconds", "agreement", "thickness_mm")
+FLOAT_COLUMNS = ("dice", "prompt_dice", "prompt_edge", "hd95_mm", "asd_mm", "seconds", "agreement", "thickness_mm")
 INT_COLUMNS = ("true_slices", "prompt_slice", "prompt_area", "pred_slices", "true_first", "true_last", "pred_first", "pred_last",
                "over_lower", "over_upper")
 

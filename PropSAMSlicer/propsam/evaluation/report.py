@@ -23,6 +23,9 @@ SIZE_CLASSES = (("<= 6", 0, 6), ("7-30", 7, 30), ("> 30", 31, 10**9))
 # cross-section: pixels of the truth on the prompt slice. Objects of a few tens of pixels (thin
 # vessels and muscles, small lesions) stop short far more than large ones (results/small_objects_cpu/)
 AREA_CLASSES = (("< 60 px", 0, 59), ("60-299 px", 60, 299), ("300-999 px", 300, 999), (">= 1000 px", 1000, 10**12))
+# outline visibility: metrics.edge_separability of the prompt slice. Objects whose outline the
+# image does not show (touching neighbours of the same intensity) lose most (results/gpu_v2_2/)
+CONTRAST_CLASSES = (("hidden < 0.75", 0.0, 0.75), ("faint 0.75-0.9", 0.75, 0.9), ("clear >= 0.9", 0.9, 1.01))
 
 
 def bootstrap_ci(values, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, clusters=None) -> tuple[float, float]:
@@ -66,6 +69,10 @@ def size_class(slices: int) -> str:
 
 def area_class(pixels: int) -> str:
     return next(name for name, lo, hi in AREA_CLASSES if lo <= pixels <= hi)
+
+
+def contrast_class(separability: float) -> str:
+    return next((name for name, lo, hi in CONTRAST_CLASSES if lo <= separability < hi), "?")
 
 
 def _grouped_table(rows: list[dict], labels: list[str], title: str, key, groups: list[str], value="dice") -> list[str]:
@@ -115,6 +122,10 @@ def report_markdown(rows: list[dict]) -> str:
     if all(r.get("prompt_area", "") != "" for r in used):  # results written before the column lack it
         out += _grouped_table(used, labels, "Dice per cross-section (pixels of the truth on the prompt slice)",
                               lambda r: area_class(int(r["prompt_area"])), [name for name, _, _ in AREA_CLASSES])
+    if all(r.get("prompt_edge", "") != "" for r in used):
+        out += _grouped_table(used, labels, "Dice per outline visibility (edge separability of the prompt slice: 0.5 = "
+                              "the object's intensities match its surroundings', 1 = fully apart)",
+                              lambda r: contrast_class(float(r["prompt_edge"])), [name for name, _, _ in CONTRAST_CLASSES])
     kinds = sorted({r["kind"] or "?" for r in used})
     out += _grouped_table(used, labels, "Dice per kind (failure-mode group: touching = similar-intensity neighbours, "
                           "nested = the box also frames another structure, thin, lesion, organ)",
