@@ -22,7 +22,7 @@ from propsam.engine.roi import mask_bbox
 from propsam.engine.roi import slice_extent
 from propsam.evaluation.metrics import average_surface_distance, dice, edge_separability, hd95
 from propsam.evaluation.objects import eval_datasets, largest_slice, objects_of
-from propsam.training.sources import SourceVolume, manifest_entries, objects_from_labels
+from propsam.training.sources import SourceVolume, entry_files, manifest_entries, objects_from_labels
 
 
 @pytest.fixture
@@ -186,7 +186,7 @@ def test_manifest_names_datasets_and_keeps_evaluation_subjects_out_of_training(s
     def subject(entry):  # the manifest names subjects where several volumes share one folder
         if "subject" in entry:
             return f"{entry['dataset']}/{entry['subject']}"
-        return str(Path(entry["image"]).parent) if "image" in entry else entry["npz"]
+        return str(Path(entry_files(entry)[0]).parent) if "image" in entry or "mgh" in entry else entry["npz"]
 
     assert not {subject(e) for e in held_out} & {subject(e) for e in train}
     assert not {e["image"] for e in held_out if "image" in e} & {e["image"] for e in train if "image" in e}

@@ -230,3 +230,40 @@ def test_data_time_waits_for_the_gpu_only_on_cuda(monkeypatch):
     assert calls == []
     wait_for_device(torch.device("cuda", 0))
     assert calls == [torch.device("cuda", 0)]
+
+
+def test_a_freesurfer_mgh_pair_reads_in_the_projects_axis_order(tmp_path):
+    """FreeSurfer's .mgz (SimpleITK cannot read it) through nibabel: arrays in (z, y, x) order as
+    SimpleITK gives them, the spacing reversed to match, labels aligned with the image; a pair on
+    different grids is refused."""
+    import nibabel
+
+    from propsam.training.sources import entry_files, read_pair
+
+    image = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # (i, j, k)
+    labels = (image % 7 == 0).astype(np.int32) * 3
+    affine = np.diag([0.8, 1.0, 2.5, 1.0])
+    nibabel.MGHImage(image, affine).to_filename(tmp_path / "t1.mgz")
+    nibabel.MGHImage(labels, affine).to_filename(tmp_path / "seg.mgz")
+    entry = {"id": "fs", "mgh": {"image": "t1.mgz", "labels": "seg.mgz"}}
+    assert entry_files(entry) == ("t1.mgz", "seg.mgz")
+    got_image, got_labels, spacing_zyx = read_pair(entry, tmp_path)
+    assert got_image.shape == (6, 5, 4) and spacing_zyx == pytest.approx((2.5, 1.0, 0.8))
+    assert got_image[5, 4, 3] == image[3, 4, 5] and np.array_equal(got_labels > 0, got_image % 7 == 0)
+    nibabel.MGHImage(labels, np.diag([0.8, 1.0, 2.0, 1.0])).to_filename(tmp_path / "other.mgz")
+    with pytest.raises(ValueError, match="different grids"):
+        read_pair({"id": "fs", "mgh": {"image": "t1.mgz", "labels": "other.mgz"}}, tmp_path)
+
+
+def test_the_freesurfer_brain_is_a_training_volume_with_its_structures(shared_data):
+    """The manifest's FreeSurfer entry: the T1 with its ~190 automatic labels, training split only."""
+    from propsam.training.sources import load_source, manifest_entries
+
+    data_dir = shared_data("freesurfer-niivue").parent
+    entry = next(e for e in manifest_entries(data_dir, "train") if e["id"] == "freesurfer_t1")
+    assert not any(e["id"] == "freesurfer_t1" for e in manifest_entries(data_dir, "eval"))
+    source = load_source(entry, data_dir)
+    assert source.image.shape == (256, 256, 256) and source.spacing_zyx == (1.0, 1.0, 1.0)
+    assert len(source.objects) > 150
+    inside = [source.image[o.bbox][o.mask].mean() for o in source.objects[:20]]
+    assert np.mean(inside) > 2 * np.mean(source.image)  # the labels lie on the brain, not on the empty background

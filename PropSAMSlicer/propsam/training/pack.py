@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..io.atomic import atomic_path
-from .sources import MANIFEST_PATH, manifest_entries
+from .sources import MANIFEST_PATH, entry_files, manifest_entries
 
 FORMAT = "propsam-train-pack/1"
 LEVELS = 256
@@ -95,8 +95,9 @@ def build_pack(data_dir: Path, out: Path, synthesis_maps: list[str], phantoms: i
         image, labels, spacing = read_pair(entry, Path(data_dir))
         labels = labels.astype(np.int32)
         box = _crop_box(labels, spacing, margin_mm)
-        image_key = f"{entry.get('image', entry.get('npz'))}|{[(b.start, b.stop) for b in box]}"
-        labels_key = f"{entry.get('labels', entry.get('npz'))}|{[(b.start, b.stop) for b in box]}"
+        image_file, labels_file = entry_files(entry)
+        image_key = f"{image_file}|{[(b.start, b.stop) for b in box]}"
+        labels_key = f"{labels_file}|{[(b.start, b.stop) for b in box]}"
         if f"img:{image_key}" not in arrays:
             arrays[f"img:{image_key}"], arrays[f"lut:{image_key}"] = quantise(image[box])
         if f"lab:{labels_key}" not in arrays:

@@ -77,11 +77,36 @@ def _expand(entry: dict, data_dir: Path) -> list[dict]:
     return out
 
 
+def entry_files(entry: dict) -> tuple[str, str]:
+    """The image and label files of a manifest entry, relative to the data folder: 'image' and
+    'labels' (read with SimpleITK), one 'npz' holding both, or an 'mgh' pair (FreeSurfer's format)."""
+    if "npz" in entry:
+        return entry["npz"], entry["npz"]
+    if "mgh" in entry:
+        return entry["mgh"]["image"], entry["mgh"]["labels"]
+    return entry["image"], entry["labels"]
+
+
+def _read_mgh_pair(image_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A FreeSurfer .mgz/.mgh image and label map (SimpleITK cannot read them), in this project's
+    (z, y, x) array order: nibabel gives (i, j, k), SimpleITK's arrays are (k, j, i)."""
+    import nibabel  # only for these entries
+
+    image, labels = nibabel.load(image_path), nibabel.load(labels_path)
+    if image.shape != labels.shape or not np.allclose(image.affine, labels.affine, atol=1e-3):
+        raise ValueError(f"{image_path.name} and {labels_path.name} are on different grids")
+    spacing_zyx = tuple(float(z) for z in image.header.get_zooms()[:3][::-1])
+    return (np.asarray(image.dataobj, np.float32).transpose(2, 1, 0),
+            np.asarray(labels.dataobj).transpose(2, 1, 0), spacing_zyx)
+
+
 def read_pair(entry: dict, data_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """(image float32, integer labels, spacing_zyx) of one manifest entry, checked to share a grid."""
     if "npz" in entry:
         data = np.load(data_dir / entry["npz"])
         return data["vol"].astype(np.float32), data["seg"], (1.0, 1.0, 1.0)
+    if "mgh" in entry:
+        return _read_mgh_pair(*(data_dir / f for f in entry_files(entry)))
     from ..io.volume import read_volume  # SimpleITK: imported only here, so a training pack needs none
 
     volume = read_volume(data_dir / entry["image"])
