@@ -255,13 +255,14 @@ def test_a_freesurfer_mgh_pair_reads_in_the_projects_axis_order(tmp_path):
         read_pair({"id": "fs", "mgh": {"image": "t1.mgz", "labels": "other.mgz"}}, tmp_path)
 
 
-def test_the_freesurfer_brain_is_a_training_volume_with_its_structures(shared_data):
-    """The manifest's FreeSurfer entry: the T1 with its ~190 automatic labels, training split only."""
+def test_the_freesurfer_brain_reads_with_its_structures_and_stays_out_of_training(shared_data):
+    """The manifest's FreeSurfer entry: the T1 with its ~190 automatic labels; split 'extra' (its
+    arm lost on the tuning objects, results/freesurfer_cpu/), so neither training nor evaluation."""
     from propsam.training.sources import load_source, manifest_entries
 
     data_dir = shared_data("freesurfer-niivue").parent
-    entry = next(e for e in manifest_entries(data_dir, "train") if e["id"] == "freesurfer_t1")
-    assert not any(e["id"] == "freesurfer_t1" for e in manifest_entries(data_dir, "eval"))
+    entry = next(e for e in manifest_entries(data_dir, "extra") if e["id"] == "freesurfer_t1")
+    assert not any(e["id"] == "freesurfer_t1" for e in manifest_entries(data_dir, "train") + manifest_entries(data_dir, "eval"))
     source = load_source(entry, data_dir)
     assert source.image.shape == (256, 256, 256) and source.spacing_zyx == (1.0, 1.0, 1.0)
     assert len(source.objects) > 150
