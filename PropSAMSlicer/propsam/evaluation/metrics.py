@@ -21,8 +21,7 @@ def edge_separability(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> flo
     around = image[ndimage.binary_dilation(mask, iterations=ring) & ~mask].astype(np.float64)
     if inside.size == 0 or around.size == 0:
         return float("nan")
-    ranks = stats.rankdata(np.concatenate([inside, around]))  # ties get their mean rank
-    auc = (ranks[: inside.size].sum() - inside.size * (inside.size + 1) / 2) / (inside.size * around.size)
+    auc = stats.mannwhitneyu(inside, around).statistic / (inside.size * around.size)  # U of `inside`, ties halved
     return float(max(auc, 1.0 - auc))
 
 
