@@ -115,13 +115,14 @@ def test_device_planes_match_the_engine_crop():
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("memory_slices", [1, 2])
-def test_device_batches_have_the_cpu_tasks_keys_shapes_and_ranges(memory_slices):
+@pytest.mark.parametrize("memory_slices, self_guide", [(1, 0.0), (2, 0.0), (1, 1.0)])
+def test_device_batches_have_the_cpu_tasks_keys_shapes_and_ranges(memory_slices, self_guide):
     seeds = [3, 4, 6]
     atlas = pack_atlas(_phantom_volumes(seeds), "cpu")
     sources = [phantom_source(s, 1.0) for s in seeds]
     gen = torch.Generator().manual_seed(0)
-    opt = TaskOptions(image_size=32, adjacent=4, memory=True, memory_slices=memory_slices, perturb_guide=0.5)
+    opt = TaskOptions(image_size=32, adjacent=4, memory=True, memory_slices=memory_slices, perturb_guide=0.5,
+                      self_guide=self_guide)
     cpu = collate([sample_propmask_task(sources, np.random.default_rng(i), opt) for i in range(2)])
     dev = sample_propmask_batch(atlas, 24, gen, opt)
     assert {k: (v.shape[1:], v.dtype) for k, v in dev.items()} == {k: (v.shape[1:], v.dtype) for k, v in cpu.items()}
@@ -135,6 +136,9 @@ def test_device_batches_have_the_cpu_tasks_keys_shapes_and_ranges(memory_slices)
     # presence agrees with the targets, up to sub-pixel objects lost by resampling
     assert bool(((dev["target"].flatten(2).sum(2) > 0) <= (dev["presence"] > 0)).all())
     assert float(dev["position"].abs().min()) > 0 and float(dev["position"].abs().max()) <= 1
+    if self_guide:  # some guides lie past the prompt (a source behind them), some are the prompt
+        assert 0 < float(dev["self_guide"].mean()) < 1
+        assert bool((dev["source_mask"][dev["self_guide"] > 0].flatten(1).sum(1) >= 16).all())
 
     cpu_b = collate([sample_box2mask(sources, np.random.default_rng(1), opt)])
     dev_b = sample_box2mask_batch(atlas, 16, gen, opt)

@@ -268,3 +268,85 @@ def test_the_freesurfer_brain_reads_with_its_structures_and_stays_out_of_trainin
     assert len(source.objects) > 150
     inside = [source.image[o.bbox][o.mask].mean() for o in source.objects[:20]]
     assert np.mean(inside) > 2 * np.mean(source.image)  # the labels lie on the brain, not on the empty background
+
+
+def test_self_guided_tasks_carry_a_true_slice_a_round_behind_the_guide():
+    """self_guide: a task whose guide lies past the prompt carries the slice a round behind it
+    (image and true mask) and a flag; a guide that is the prompt itself has nothing behind it."""
+    sources, rng = [phantom_source(s, 1.0) for s in range(4)], np.random.default_rng(3)
+    opt = TaskOptions(memory=True, self_guide=1.0, adjacent=3)
+    tasks = [sample_propmask_task(sources, rng, opt) for _ in range(40)]
+    flags = [float(t["self_guide"]) for t in tasks]
+    assert 0 < np.mean(flags) < 1
+    for t, flag in zip(tasks, flags):
+        assert t["source_image"].shape == t["guide_image"].shape and t["source_mask"].shape == t["guide_mask"].shape
+        if flag:
+            assert t["source_mask"].sum() > 0
+    plain = sample_propmask_task(sources, np.random.default_rng(3), TaskOptions(memory=True, adjacent=3))
+    assert not {"source_image", "source_mask", "self_guide"} & set(plain)
+
+
+class _FixedReading(torch.nn.Module):
+    """A stand-in PropMask whose reading of the guide slice is fixed: logits > 0 on `square`."""
+
+    def __init__(self, squares):
+        super().__init__()
+        self.squares = squares
+
+    def forward(self, guide_image, guide_mask, adjacent, memory_image=None, memory_mask=None):
+        logits = -torch.ones(adjacent.shape[0], 1, 1, *adjacent.shape[-2:])
+        for i, (r0, r1) in enumerate(self.squares):
+            logits[i, 0, 0, r0:r1, r0:r1] = 1.0
+        assert memory_image is not None and adjacent.shape[1] == 1  # the guide slice read with the prompt memory
+        return {"masks": [logits]}
+
+
+def test_own_guides_replace_only_flagged_tasks_with_a_usable_reading():
+    from propsam.training.tasks import MIN_GUIDE_AREA
+    from propsam.training.train import own_guides
+
+    b, s = 3, 16
+    true = torch.zeros(b, 1, s, s)
+    true[:, :, 2:6, 2:6] = 1
+    batch = {"guide_image": torch.rand(b, 1, s, s), "guide_mask": true, "source_image": torch.rand(b, 1, s, s),
+             "source_mask": true, "memory_image": torch.rand(b, 1, 1, s, s), "memory_mask": true[:, None, 0],
+             "self_guide": torch.tensor([1.0, 1.0, 0.0])}
+    net = _FixedReading([(4, 12), (4, 4 + int(MIN_GUIDE_AREA ** 0.5) - 1), (4, 12)])  # 64 px, under the minimum, 64 px
+    got, used = own_guides(net, batch, torch.autocast("cpu", enabled=False))
+    assert used.tolist() == [True, False, False]
+    assert got[0].sum() == 64 and got[0, 0, 4:12, 4:12].all()  # its own reading
+    assert torch.equal(got[1], true[1])  # too small a reading: propagation would have stopped, the true guide stays
+    assert torch.equal(got[2], true[2])  # not flagged
+
+
+def test_self_guide_trains_and_refuses_what_it_cannot_do(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "a", steps=2, batch_size=2, self_guide=1.0,
+                                  network_overrides={"prompt_memory": True}))
+    assert trainer.options.self_guide == 1.0
+    trainer.run()
+    assert (tmp_path / "a" / "propmask.pt").exists()
+    logged = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert all(0 <= r["own_guide_share"] <= 1 for r in logged if "step" in r)
+    with pytest.raises(ValueError, match="needs prompt_memory"):
+        Trainer(tiny_config(tmp_path / "b", self_guide=0.5))
+
+
+def test_slice_dice_weighs_a_small_missed_slice_as_much_as_a_large_one():
+    from propsam.training.losses import slice_dice_loss, soft_dice_loss
+
+    target = torch.zeros(1, 3, 1, 16, 16)
+    target[0, 0, 0, :, :] = 1  # a large slice (256 px)
+    target[0, 1, 0, 7:9, 7:9] = 1  # the object tapering to 4 px; slice 2 is past its end
+    logits = torch.where(target > 0, 20.0, -20.0)
+    logits[0, 1] = -20.0  # the small slice missed
+    stack = float(soft_dice_loss(logits.flatten(1), target.flatten(1)))
+    per_slice = float(slice_dice_loss(logits, target))
+    assert stack < 0.01 and per_slice == pytest.approx(0.4, abs=0.01)  # (0 + (1 - 1/5)) / 2 slices with the object
+    assert float(slice_dice_loss(logits, torch.zeros_like(target))) == 0.0
+
+
+def test_the_recipes_slice_dice_reaches_the_loss(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "a", steps=1, slice_dice=0.5))
+    trainer.run()
+    logged = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert "slice_dice" in logged[-1]

@@ -263,6 +263,12 @@ def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
         memory = torch.where(torch.rand(n, generator=gen, device=device) < 0.5, largest, _pick_one(behind, gen))
         earlier = previous_guides(guide, memory, direction, window, opt.memory_slices)
         slices = torch.cat([slices, memory[:, None]] + [e[:, None] for e in earlier], 1)
+    own_guide = None
+    if opt.self_guide > 0 and opt.memory:  # the slice a round behind the guide (tasks.py, train.own_guides)
+        behind_guide = previous_guides(guide, memory, direction, window, 2)[0]
+        own_guide = (torch.rand(n, generator=gen, device=device) < opt.self_guide) & (behind_guide != guide) \
+            & (areas.gather(1, behind_guide[:, None])[:, 0] >= MIN_GUIDE_AREA)
+        slices = torch.cat([slices, behind_guide[:, None]], 1)
 
     # the ROI: square (mm) around the guide mask's box, as engine.roi.square_roi, then jittered
     box = atlas.boxes[obj, axis, guide].float()  # (B, 4) r0, c0, r1, c1
@@ -299,7 +305,11 @@ def sample_propmask_batch(atlas: Atlas, n: int, gen, opt: TaskOptions) -> dict:
         "position": (direction[:, None] * chosen / window[:, None]).float(),
     }
     if opt.memory:
-        task["memory_image"], task["memory_mask"] = x[:, k + 1 :], y[:, k + 1 :]
+        end = k + 1 + opt.memory_slices
+        task["memory_image"], task["memory_mask"] = x[:, k + 1 : end], y[:, k + 1 : end]
+    if own_guide is not None:  # a source that the guide's crop loses guides nothing (as tasks.py)
+        task["source_image"], task["source_mask"] = x[:, -1], y[:, -1:]
+        task["self_guide"] = (own_guide & (y[:, -1].flatten(1).sum(1) >= MIN_GUIDE_AREA)).float()
     return task
 
 

@@ -1,5 +1,5 @@
 """Losses: soft Dice (+BCE) averaged over deep-supervision outputs (PropSAM eq. 1), plus the
-optional presence, boundary (BD) and slice-position (SRPP) objectives."""
+optional presence, boundary (BD) and slice-position (SRPP) objectives and a per-slice Dice."""
 
 from __future__ import annotations
 
@@ -40,8 +40,20 @@ def boundary_target(mask: torch.Tensor) -> torch.Tensor:
     return (flat - eroded).reshape(mask.shape)
 
 
-def propmask_loss(out: dict, batch: dict, bce: bool = True) -> dict[str, torch.Tensor]:
+def slice_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice of each target slice that holds the object, averaged over those slices: a small
+    slice (an object tapering to its end) counts as much as a large one, where the stack's Dice
+    weighs slices by their pixels. logits, target (B, K, 1, S, S); 0 when no slice holds the object."""
+    prob, target = torch.sigmoid(logits).flatten(2), target.flatten(2)
+    per_slice = 1 - (2 * (prob * target).sum(2) + eps) / (prob.sum(2) + target.sum(2) + eps)
+    present = target.sum(2) > 0
+    return (per_slice * present).sum() / present.sum().clamp(min=1)
+
+
+def propmask_loss(out: dict, batch: dict, bce: bool = True, slice_dice: float = 0.0) -> dict[str, torch.Tensor]:
     losses = {"mask": deep_supervision_loss(out["masks"], batch["target"], bce)}
+    if slice_dice:
+        losses["slice_dice"] = slice_dice * slice_dice_loss(out["masks"][0], batch["target"])
     if "presence" in out:
         losses["presence"] = 0.5 * F.binary_cross_entropy_with_logits(out["presence"], batch["presence"])
     if "boundary" in out:

@@ -4,6 +4,10 @@ A PropMask task is a guiding slice, its mask and K adjacent slices within the pr
 thickness on one side (each image slice with its neighbours for a 2.5D network), cropped by the
 same square ROI as at inference. A share of guides is taken near an object's end so that some
 targets are empty: that is how stopping is learned.
+
+With `self_guide`, a share of tasks also carries the slice one round behind the guide (its true
+mask): the trainer lets the network read the guide slice from it and trains on that reading as
+the guide, as propagation's later rounds do (train.py own_guides).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class TaskOptions:
     perturb_guide: float = 0.0  # share of tasks whose guide mask is slightly wrong (memory corrects it)
     small_share: float = 0.0  # share of tasks drawn from objects of small cross-section (see SMALL_GUIDE_AREA)
     small_area: int = 100  # ... at most this many pixels on every slice along the task's axis
+    # share of tasks whose guide mask the trainer replaces by the network's own reading of the guide
+    # slice from the slice one round behind it (its true mask): later rounds' guides at inference
+    # are the network's own, with its own errors, not a true or randomly perturbed mask
+    self_guide: float = 0.0
     in_channels: int = 1  # 2.5D: each image slice with its neighbours along the propagation (slice_context.py)
     context: tuple[float, float] = (1.0, 2.0)
     box_scale: tuple[float, float] = (1.0, 1.25)
@@ -157,6 +165,11 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
         else:
             memory = int(rng.choice(behind))
         indices = np.concatenate([indices, [memory] + previous_guides(guide, memory, direction, window, opt.memory_slices)])
+    own_guide = opt.self_guide > 0 and opt.memory and rng.random() < opt.self_guide
+    if opt.self_guide > 0 and opt.memory:  # the slice a round behind the guide (the prompt, if nearer)
+        behind_guide = previous_guides(guide, memory, direction, window, 2)[0]
+        own_guide = own_guide and behind_guide != guide and areas[behind_guide] >= MIN_GUIDE_AREA
+        indices = np.concatenate([indices, [behind_guide]])
 
     c = opt.in_channels
     images = _planes(source.image, axis, context_slices(indices, direction, c, length).ravel())  # (P * C, rows, cols)
@@ -183,7 +196,12 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
         "position": torch.from_numpy(direction * chosen / window).float(),
     }
     if opt.memory:
-        task["memory_image"], task["memory_mask"] = x[k + 1 :], y[k + 1 :]
+        end = k + 1 + opt.memory_slices
+        task["memory_image"], task["memory_mask"] = x[k + 1 : end], y[k + 1 : end]
+    if opt.self_guide > 0 and opt.memory:
+        task["source_image"], task["source_mask"] = x[-1], y[-1:]
+        # a source that the guide's crop loses (an object that moves or tapers across the round) guides nothing
+        task["self_guide"] = torch.tensor(float(own_guide and y[-1].sum() >= MIN_GUIDE_AREA))
     return task
 
 

@@ -65,6 +65,10 @@ class TrainConfig:
     perturb_guide: float = 0.0  # PropMask: share of tasks with a slightly wrong guide mask
     end_fraction: float = 0.3  # PropMask: share of guides within one window of the object's end (where stopping is learned)
     small_share: float = 0.0  # PropMask: share of tasks from objects of small cross-section (tasks.SMALL_GUIDE_AREA)
+    # PropMask: weight of a per-slice soft Dice beside the stack's (losses.slice_dice_loss): tapering
+    # end slices, where hidden outlines lose their precision, count as much as large ones
+    slice_dice: float = 0.0
+    self_guide: float = 0.0  # PropMask: share of tasks guided by the network's own reading of the guide slice (own_guides)
     sampler: str = "cpu"  # "device": batches made on the training device from `pack` (device_data.py)
     pack: str = ""  # training pack (`propsam pack-data`) for the device sampler
     device_sampler: dict = field(default_factory=dict)  # synth_refresh_every, synthesis: SynthOptions fields
@@ -133,6 +137,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
         self.tasks_seen = 0
+        self.own_guides_used = 0  # tasks guided by the network's own reading since the last log line (self_guide)
         self.rng = np.random.default_rng([cfg.seed, self.rank])
         self.pool_state = self.synth_state = None
         if not self._resume() and cfg.init_from:
@@ -152,7 +157,9 @@ class Trainer:
         self.options = TaskOptions(image_size=self.net_config.image_size, adjacent=cfg.adjacent,
                                    memory=self.net_config.prompt_memory, memory_slices=self.net_config.memory_slices,
                                    perturb_guide=cfg.perturb_guide, end_fraction=cfg.end_fraction, small_share=cfg.small_share,
-                                   in_channels=self.net_config.in_channels)
+                                   self_guide=cfg.self_guide, in_channels=self.net_config.in_channels)
+        if cfg.self_guide and not self.net_config.prompt_memory:
+            raise ValueError("self_guide reads the guide slice from a round behind it, up to the prompt: the network needs prompt_memory")
         self.device_sampler = None
         if on_device:
             from .device_data import DeviceSampler
@@ -228,6 +235,10 @@ class Trainer:
 
     def _forward(self, batch: dict, autocast) -> dict:
         """Network under autocast; losses in fp32 (bf16 sums over whole stacks lose precision)."""
+        if "self_guide" in batch:
+            guide_mask, used = own_guides(self.net, batch, autocast)
+            batch = {**batch, "guide_mask": guide_mask}
+            self.own_guides_used += int(used.sum())
         with autocast:
             if self.cfg.network == "propmask":
                 out = self.model(batch["guide_image"], batch["guide_mask"], batch["adjacent"],
@@ -235,8 +246,9 @@ class Trainer:
             else:
                 out = self.model(batch["image"])
         out = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in out.items()}
-        loss_fn = propmask_loss if self.cfg.network == "propmask" else box2mask_loss
-        return loss_fn(out, batch, self.cfg.bce)
+        if self.cfg.network == "propmask":
+            return propmask_loss(out, batch, self.cfg.bce, self.cfg.slice_dice)
+        return box2mask_loss(out, batch, self.cfg.bce)
 
     def log(self, record: dict) -> None:
         if self.rank == 0:
@@ -276,7 +288,9 @@ class Trainer:
                 elapsed = time.time() - window_start
                 self.log({"step": self.step, "tasks_seen": self.tasks_seen, "lr": round(group["lr"], 7),
                           **{k: round(float(v.detach()), 4) for k, v in losses.items()},
-                          "tasks_per_s": round(window_tasks / elapsed, 2), "data_share": round(data_time / elapsed, 3)})
+                          "tasks_per_s": round(window_tasks / elapsed, 2), "data_share": round(data_time / elapsed, 3),
+                          **({"own_guide_share": round(self.own_guides_used / window_tasks, 3)} if cfg.self_guide else {})})
+                self.own_guides_used = 0
                 window_start, window_tasks, data_time = time.time(), 0, 0.0
             out_of_time = cfg.max_minutes and time.time() - start > cfg.max_minutes * 60
             due = cfg.checkpoint_minutes and time.time() - last_save > cfg.checkpoint_minutes * 60
@@ -289,6 +303,22 @@ class Trainer:
         if self.distributed:
             dist.barrier()
             dist.destroy_process_group()
+
+
+def own_guides(net: torch.nn.Module, batch: dict, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's guide masks (and which tasks took the network's own), where a task asks for it (batch["self_guide"] 1) replaced by the
+    network's own reading of the guide slice from the slice a round behind it (source_image,
+    source_mask: a true mask) with the prompt memory, as in propagation's second and later rounds.
+    No gradient flows through the reading. A reading under MIN_GUIDE_AREA pixels keeps the true
+    guide (propagation would have stopped there)."""
+    from .tasks import MIN_GUIDE_AREA
+
+    with torch.no_grad(), autocast:
+        out = net(batch["source_image"], batch["source_mask"], batch["guide_image"][:, None],
+                  batch.get("memory_image"), batch.get("memory_mask"))
+    own = (out["masks"][0][:, 0].float() > 0).to(batch["guide_mask"].dtype)  # (B, 1, S, S)
+    use = (batch["self_guide"] > 0) & (own.flatten(1).sum(1) >= MIN_GUIDE_AREA)
+    return torch.where(use[:, None, None, None], own, batch["guide_mask"]), use
 
 
 def wait_for_device(device: torch.device) -> None:
