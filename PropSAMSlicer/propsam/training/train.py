@@ -25,7 +25,7 @@ from .losses import box2mask_loss, propmask_loss
 from .phantom_sources import PhantomPool
 from .sources import load_sources
 from .synthesis import SynthPool, load_label_maps
-from .tasks import TaskOptions, collate, sample_box2mask, sample_propmask_task
+from .tasks import MIN_GUIDE_AREA, TaskOptions, collate, sample_box2mask, sample_propmask_task
 
 
 @dataclass
@@ -306,13 +306,11 @@ class Trainer:
 
 
 def own_guides(net: torch.nn.Module, batch: dict, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's guide masks (and which tasks took the network's own), where a task asks for it (batch["self_guide"] 1) replaced by the
-    network's own reading of the guide slice from the slice a round behind it (source_image,
-    source_mask: a true mask) with the prompt memory, as in propagation's second and later rounds.
-    No gradient flows through the reading. A reading under MIN_GUIDE_AREA pixels keeps the true
-    guide (propagation would have stopped there)."""
-    from .tasks import MIN_GUIDE_AREA
-
+    """The batch's guide masks and which tasks took the network's own: where a task asks for it
+    (batch["self_guide"] 1), the network's reading of the guide slice from the slice a round
+    behind it (source_image, source_mask: a true mask) with the prompt memory, as in propagation's
+    second and later rounds. No gradient flows through the reading. A reading under
+    MIN_GUIDE_AREA pixels keeps the true guide (propagation would have stopped there)."""
     with torch.no_grad(), autocast:
         out = net(batch["source_image"], batch["source_mask"], batch["guide_image"][:, None],
                   batch.get("memory_image"), batch.get("memory_mask"))
