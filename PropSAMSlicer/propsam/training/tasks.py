@@ -165,8 +165,9 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
         else:
             memory = int(rng.choice(behind))
         indices = np.concatenate([indices, [memory] + previous_guides(guide, memory, direction, window, opt.memory_slices)])
-    own_guide = opt.self_guide > 0 and opt.memory and rng.random() < opt.self_guide
+    own_guide = None
     if opt.self_guide > 0 and opt.memory:  # the slice a round behind the guide (the prompt, if nearer)
+        own_guide = rng.random() < opt.self_guide
         behind_guide = previous_guides(guide, memory, direction, window, 2)[0]
         own_guide = own_guide and behind_guide != guide and areas[behind_guide] >= MIN_GUIDE_AREA
         indices = np.concatenate([indices, [behind_guide]])
@@ -198,7 +199,7 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
     if opt.memory:
         end = k + 1 + opt.memory_slices
         task["memory_image"], task["memory_mask"] = x[k + 1 : end], y[k + 1 : end]
-    if opt.self_guide > 0 and opt.memory:
+    if own_guide is not None:
         task["source_image"], task["source_mask"] = x[-1], y[-1:]
         # a source that the guide's crop loses (an object that moves or tapers across the round) guides nothing
         task["self_guide"] = torch.tensor(float(own_guide and y[-1].sum() >= MIN_GUIDE_AREA))
