@@ -35,7 +35,7 @@ def profile(mask: np.ndarray, truth: np.ndarray, k: int) -> dict[int, list[tuple
     """bin -> (2D Dice, precision, recall) of the slices both masks mark, by distance from slice k
     over that side's extent."""
     first, last = slice_extent(truth, axis=0)
-    out: dict[int, list[float]] = {}
+    out: dict[int, list[tuple[float, float, float]]] = {}
     for t in range(first, last + 1):
         if t == k or not (mask[t].any() and truth[t].any()):
             continue
