@@ -13,6 +13,7 @@ its largest axial slice with its mask and with its tight box; each propagation v
 
 `--model` may be given more than once (say a trained arm beside its control): every variant then
 runs with each model, labelled "model: variant", paired against the first model's first variant.
+Rows written with `--rows-out` are labelled so with one model too, for `paired_seeds.py`.
 """
 
 from __future__ import annotations
@@ -239,14 +240,15 @@ def main(argv=None) -> int:
     if not prompts or set(prompts) - {"mask", "box"}:
         parser.error(f"--prompts takes mask, box or both, got {args.prompts!r}")
     models = args.model or ["lite"]
-    several = len(models) > 1
+    # rows written for pairing (paired_seeds.py reads the model before ':') always name their model
+    labelled = len(models) > 1 or args.rows_out is not None
     title = ", ".join(models)
-    rows = [r for m in models for r in run(m, objects, variants, True, prompts, several)]
+    rows = [r for m in models for r in run(m, objects, variants, True, prompts, labelled)]
     text += table(rows, f"{title}: stop-rule variants, prompt memory on")
     if args.rows_out:
         write_rows(args.rows_out, rows)
     if args.memory_ablation:
-        text += "\n" + table([r for m in models for r in run(m, objects, variants, False, prompts, several)], f"{title}: prompt memory off")
+        text += "\n" + table([r for m in models for r in run(m, objects, variants, False, prompts, labelled)], f"{title}: prompt memory off")
     print(text)
     if args.out:
         Path(args.out).write_text(text)
