@@ -157,7 +157,8 @@ def run(model: str, objects, variants: dict, memory: bool, prompts=("mask", "box
             rows.append({"variant": label, "prompt": prompt_kind, "object": name, "group": name.split(":")[0],
                          "dice": dice(result.mask, truth), "end_err": max(abs(p_first - first), abs(p_last - last)),
                          "short": int(p_first > first) + int(p_last < last), "seconds": time.perf_counter() - start,
-                         "prompt_dice": dice(result.prompt_mask, plane), **end_losses(result.mask, truth)})
+                         "prompt_dice": dice(result.prompt_mask, plane), **end_losses(result.mask, truth),
+                         **end_reasons(result.stats, first, last)})
             print(f"{label} | {prompt_kind} | {name} | {rows[-1]['dice']:.3f}", file=sys.stderr, flush=True)
     return rows
 
@@ -176,6 +177,14 @@ def end_losses(mask: np.ndarray, truth: np.ndarray) -> dict:
     outside[p_first : p_last + 1] = False
     return {"dice_no_run_on": dice(cut, truth), "dice_shared_slices": dice(mask[lo : hi + 1], truth[lo : hi + 1]) if lo <= hi else 0.0,
             "truth_beyond_ends": float(truth[outside].sum() / max(truth.sum(), 1))}
+
+
+def end_reasons(stats, first: int, last: int) -> dict:
+    """Each end's signed error in slices (+ runs past the true end, - stops short) and why the
+    engine stopped there (PropagationStats.stop_reasons: faded out, too small, leak limit, edge)."""
+    p_first, p_last = stats.extent
+    return {"lower_err": first - p_first, "lower_why": stats.stop_reasons.get(-1, ""),
+            "upper_err": p_last - last, "upper_why": stats.stop_reasons.get(1, "")}
 
 
 def write_rows(path: str, rows: list[dict]) -> None:
@@ -223,7 +232,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", default="mask,box", help="which prompts: mask, box or both (a Box2Mask comparison needs box only)")
     parser.add_argument("--memory-ablation", action="store_true", help="also run every variant with the memory off")
     parser.add_argument("--out")
-    parser.add_argument("--rows-out", help="also write every run's row (variant, prompt, object, Dice, end error, the loss split of end_losses) as CSV")
+    parser.add_argument("--rows-out", help="also write every run's row (variant, prompt, object, Dice, end error, the loss split of end_losses, "
+                        "each end's error and reason) as CSV")
     args = parser.parse_args(argv)
     variants = VARIANTS
     if args.variants:
