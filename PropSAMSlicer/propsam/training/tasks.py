@@ -167,9 +167,8 @@ def sample_propmask_task(sources: list[SourceVolume], rng: np.random.Generator, 
         indices = np.concatenate([indices, [memory] + previous_guides(guide, memory, direction, window, opt.memory_slices)])
     own_guide = None
     if opt.self_guide > 0 and opt.memory:  # the slice a round behind the guide (the prompt, if nearer)
-        own_guide = rng.random() < opt.self_guide
         behind_guide = previous_guides(guide, memory, direction, window, 2)[0]
-        own_guide = own_guide and behind_guide != guide and areas[behind_guide] >= MIN_GUIDE_AREA
+        own_guide = rng.random() < opt.self_guide and behind_guide != guide and areas[behind_guide] >= MIN_GUIDE_AREA
         indices = np.concatenate([indices, [behind_guide]])
 
     c = opt.in_channels
