@@ -7,8 +7,8 @@
 # Reads nothing else but the repository (shipped weights for the warm start) and needs no SimpleITK.
 # Writes into OUT_DIR, every file < 16 MiB (the device tool's limit): box2mask.pt, propmask.pt split
 # into propmask.pt.part00/01 when larger (join: cat propmask.pt.part* > propmask.pt), the two
-# training logs (JSON lines with tasks/s), gpu.txt and summary.txt (sampler throughput alone, then
-# steps, tasks/s and sha256 of the weights).
+# training logs (JSON lines with tasks/s) and summary.txt (the GPU and torch, the sampler's
+# throughput alone, then steps, tasks/s and sha256 of the weights).
 # Full checkpoints (with optimizer state, ~100 MB) stay in runs/ on the device machine.
 # PACK, RUNS_DIR, PART_BYTES, PREFLIGHT and PYTHON are for the CPU test of this script
 # (Testing/test_device_training.py), which runs it with tiny recipes in a temporary folder.
@@ -23,16 +23,17 @@ PACK=${PACK:-cache/train_pack.npz}  # the recipes name it too; checked here to f
 RUNS_DIR=${RUNS_DIR:-runs}
 PART_BYTES=${PART_BYTES:-$((15 * 1024 * 1024))}  # under the device tool's 16 MiB per file
 [ -f "$PACK" ] || { echo "$PACK is missing: run propsam pack-data and carry cache/" >&2; exit 2; }
-# the device tool returns at most 8 files from OUT: per run up to 2 weight parts and a log, plus summary and gpu.txt
+# the device tool returns at most 8 files from OUT: per run its weight parts (2 for lite's PropMask, 3 for
+# lite_deep's) and a log, plus summary.txt
 N_RUNS=$(echo $RUNS | wc -w)
 [ "$N_RUNS" -le 2 ] || { echo "RUNS names $N_RUNS runs: at most 2 fit the 8 files the device tool returns" >&2; exit 2; }
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/PropSAMSlicer${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-(nvidia-smi 2>&1; "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())") > "$OUT/gpu.txt"
+(nvidia-smi 2>&1; "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())") > "$OUT/summary.txt"
 # pre-flight, about 20 s: the CUDA path of the sampler and synthesis, and their throughput alone;
 # a failure here ends the call early and saves the device time
 if [ "${PREFLIGHT:-1}" = 1 ]; then
-  timeout 60 "$PYTHON" benchmarks/bench_device_sampler.py --skip-training > "$OUT/summary.txt" 2>&1 \
+  timeout 60 "$PYTHON" benchmarks/bench_device_sampler.py --skip-training >> "$OUT/summary.txt" 2>&1 \
     || { cat "$OUT/summary.txt"; echo "pre-flight failed: not training" >&2; exit 3; }
 fi
 GUARD=$("$PYTHON" -c "print(int(float('$MINUTES') * 60 + 60))")  # the run stops itself; this only guards a hang
@@ -66,6 +67,8 @@ if steps:
           f"(max {rates[-1]}), data share median {sorted(r['data_share'] for r in steps)[len(steps) // 2]}, last mask loss {steps[-1]['mask']}")
 PY
 done
+FILES=$(ls "$OUT" | wc -l)
+[ "$FILES" -le 8 ] || echo "warning: $FILES files in $OUT, the device tool returns 8" >> "$OUT/summary.txt"
 cat "$OUT/summary.txt"
 ls -la "$OUT"
 exit $status

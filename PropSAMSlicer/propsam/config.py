@@ -38,10 +38,29 @@ class NetworkConfig:
     # decoder need not rebuild the guide's outline from the low-resolution attention alone
     mask_hint: bool = False
     mask_candidates: int = 1  # Box2Mask: > 1 adds that many - 1 alternative masks and a quality score for each
+    # explicit widths per stage instead of base_channels * 2**i capped at max_channels (a network
+    # widened from another one where it is cheap: the deep, low-resolution stages; training/widen.py)
+    stage_channels: tuple | None = None
+    # PropMask: width of each attention stage's sinusoidal code, the rest of its channels getting
+    # none (default: the stage's width). A widened network keeps its source's codes, so it starts
+    # as its source did
+    positional_channels: tuple | None = None
+
+    def __post_init__(self):  # widths from JSON arrive as lists: kept as tuples, so a config stays hashable
+        for name in ("stage_channels", "positional_channels"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def channels(self) -> list[int]:
+        if self.stage_channels is not None:
+            return list(self.stage_channels)
         return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.stages)]
+
+    @property
+    def attention_channels(self) -> list[int]:
+        """PropMask: the widths of the attention stages (the lowest `attention_stages`)."""
+        return self.channels[self.stages - self.attention_stages :]
 
     def validate(self) -> "NetworkConfig":
         if self.network not in ("box2mask", "propmask"):
@@ -60,6 +79,15 @@ class NetworkConfig:
             raise InputError(f"mask_candidates must be at least 1, got {self.mask_candidates}")
         if self.memory_slices < 1:
             raise InputError(f"memory_slices must be at least 1 (the prompt slice), got {self.memory_slices}")
+        if self.stage_channels is not None and (len(self.stage_channels) != self.stages
+                                                or any(not isinstance(c, int) or c < 1 for c in self.stage_channels)):
+            raise InputError(f"stage_channels must be {self.stages} positive widths, one per stage, got {self.stage_channels}")
+        if self.positional_channels is not None:
+            widths = self.attention_channels
+            if len(self.positional_channels) != len(widths) or any(
+                    not isinstance(p, int) or not 1 <= p <= w for p, w in zip(self.positional_channels, widths)):
+                raise InputError(f"positional_channels must give one width per attention stage, each within 1 and the "
+                                 f"stage's width {widths}, got {self.positional_channels}")
         return self
 
     def to_dict(self) -> dict:

@@ -29,7 +29,9 @@ def sinusoidal_position_2d(channels: int, height: int, width: int, device, dtype
 
 
 class MaskCrossAttention(nn.Module):
-    def __init__(self, channels: int, head_dim: int, positional_encoding: bool):
+    def __init__(self, channels: int, head_dim: int, positional_encoding: bool, positional_channels: int | None = None):
+        """positional_channels: the sinusoidal code's width (default: all channels); the channels
+        past it get no code (a widened network keeps its source's code: config.positional_channels)."""
         super().__init__()
         self.heads = max(1, channels // head_dim)
         self.q_proj = nn.Linear(channels, channels)
@@ -37,6 +39,7 @@ class MaskCrossAttention(nn.Module):
         self.v_proj = nn.Linear(channels, channels)
         self.out_proj = nn.Linear(channels, channels)
         self.positional_encoding = positional_encoding
+        self.positional_channels = positional_channels or channels
 
     def forward(self, adjacent: torch.Tensor, guide: torch.Tensor, guide_mask: torch.Tensor) -> torch.Tensor:
         """adjacent (B, K, C, h, w); guide, guide_mask (B, C, h, w), or (B, M, C, h, w) for M
@@ -49,7 +52,8 @@ class MaskCrossAttention(nn.Module):
         kv = guide.permute(0, 1, 3, 4, 2).reshape(b, m, h * w, c)
         v = guide_mask.permute(0, 1, 3, 4, 2).reshape(b, m * h * w, c)
         if self.positional_encoding:
-            pos = sinusoidal_position_2d(c, h, w, adjacent.device, adjacent.dtype)
+            pos = F.pad(sinusoidal_position_2d(self.positional_channels, h, w, adjacent.device, adjacent.dtype),
+                        (0, c - self.positional_channels))
             q = q + pos
             kv = kv + pos
         kv = kv.reshape(b, m * h * w, c)

@@ -39,16 +39,16 @@ class PropMask(nn.Module):
         self.image_encoder = Encoder(config.in_channels + int(config.mask_hint), channels)
         self.mask_encoder = Encoder(1, channels)
         self.first_attention_stage = config.stages - config.attention_stages
-        self.attention = nn.ModuleList(
-            MaskCrossAttention(c, config.attention_head_dim, config.positional_encoding)
-            for c in channels[self.first_attention_stage :]
-        )
+        codes = config.positional_channels or [None] * config.attention_stages
+
+        def attention_blocks() -> nn.ModuleList:
+            return nn.ModuleList(MaskCrossAttention(c, config.attention_head_dim, config.positional_encoding, code)
+                                 for c, code in zip(config.attention_channels, codes))
+
+        self.attention = attention_blocks()
         self.memory_attention = None
         if config.prompt_memory:
-            self.memory_attention = nn.ModuleList(
-                MaskCrossAttention(c, config.attention_head_dim, config.positional_encoding)
-                for c in channels[self.first_attention_stage :]
-            )
+            self.memory_attention = attention_blocks()
             with torch.no_grad():
                 for block in self.memory_attention:
                     block.out_proj.weight.zero_()

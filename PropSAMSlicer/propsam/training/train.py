@@ -26,6 +26,7 @@ from .phantom_sources import PhantomPool
 from .sources import load_sources
 from .synthesis import SynthPool, load_label_maps
 from .tasks import MIN_GUIDE_AREA, TaskOptions, collate, sample_box2mask, sample_propmask_task
+from .widen import check_widening, widen_state
 
 
 @dataclass
@@ -172,13 +173,19 @@ class Trainer:
 
     def _warm_start(self, path: Path) -> None:
         """Load a weights file's tensors; only parts the file cannot have (the prompt memory, the
-        mask candidates, a 2.5D network's neighbour channels, the mask hint's channel) stay new."""
+        mask candidates, a 2.5D network's neighbour channels, the mask hint's channel, the extra
+        channels of a wider network: training/widen.py) stay new, and the network begins as the
+        file's did."""
         if not path.is_file():  # e.g. v2's PropMask, which v2.1 replaced: results/end_fraction_cpu/README.md says how to get it
             raise FileNotFoundError(f"init_from {path} does not exist (see the recipe's results README for where it comes from)")
-        raw = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        raw = payload["state_dict"]
         own = self.net.state_dict()
         own_channel = self.net_config.in_channels // 2  # the centre of the image channels; the hint comes after them
         state = {k: _widened(v.float(), own[k].shape, own_channel) if k in own else v.float() for k, v in raw.items()}
+        state, wider = widen_state(state, own)
+        if wider:
+            check_widening(NetworkConfig.from_dict(payload["config"]), self.net_config)
         if self.cfg.hint_init:
             if not self.net_config.mask_hint or own[HINT_WEIGHT].shape[1] == raw[HINT_WEIGHT].shape[1]:
                 raise RuntimeError(f"hint_init starts a new mask-hint channel: the network must have mask_hint and {path} must not")
@@ -187,13 +194,13 @@ class Trainer:
         new_parts = [k for k in missing if not k.startswith(("memory_attention.", "alternatives.", "quality."))]
         if new_parts or unexpected:
             raise RuntimeError(f"{path} does not fit this network: missing {new_parts[:3]}, unexpected {unexpected[:3]}")
-        self.log({"warm_start": str(path), "new_tensors": len(missing)})
+        self.log({"warm_start": str(path), "new_tensors": len(missing), "widened_tensors": wider})
 
     def _resume(self) -> bool:
         if not self.checkpoint_path.exists():
             return False
         state = load_checkpoint(self.checkpoint_path, map_location=self.device)
-        if state["network_config"] != self.net_config.to_dict():
+        if NetworkConfig.from_dict(state["network_config"]) != self.net_config:  # a checkpoint from before a new field reads its default
             raise RuntimeError(f"{self.checkpoint_path} belongs to another network configuration")
         self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
