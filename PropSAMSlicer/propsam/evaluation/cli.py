@@ -112,6 +112,8 @@ def run(args) -> int:
     if args.corrections is not None and (args.methods or args.robustness or args.leak_limit):
         raise InputError("--corrections simulates a user correcting propsam-box; it takes no --methods, --robustness "
                          "or --leak-limit")
+    methods = choose(args.methods, list(METHODS), "method")  # the arguments' own mistakes first, then the data's
+    names, ttas = model_choices(args)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     real = eval_datasets(data_dir)
     datasets = choose(args.datasets, real + [PHANTOM_DATASET], "dataset")
@@ -120,11 +122,9 @@ def run(args) -> int:
     if PHANTOM_DATASET in datasets and not args.phantoms:
         raise InputError("dataset 'phantom' needs --phantoms N (how many phantoms)")
     real_chosen = [d for d in datasets if d != PHANTOM_DATASET]
-    if real_chosen and not data_dir.is_dir():
+    if real_chosen and not data_dir.is_dir() and not args.from_results:  # merging results files reads no data
         raise InputError(f"data folder {data_dir} does not exist; pass --data-dir or set PROPSAM_DATA_DIR "
                          f"(or evaluate phantoms only: --datasets phantom --phantoms N)")
-    methods = choose(args.methods, list(METHODS), "method")
-    names, ttas = model_choices(args)
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out-dir {out_dir} is a file, expected a folder")
