@@ -80,7 +80,8 @@ def run_case(config_name: str, device_name: str, slices: int, repeats: int) -> d
     net = build_network(config).to(device).eval()
     volume, inside, centre, bounds = ellipsoid_object(slices)
     guide = inside[centre]
-    options = PropagationOptions(presence_threshold=0.0, min_area_px=0, min_area_fraction=0.0)
+    # no stop rule: a random network would end a side anywhere (the leak limit too), and every case must run the whole object
+    options = PropagationOptions(presence_threshold=0.0, min_area_px=0, min_area_fraction=0.0, max_area_ratio=0.0)
     args = (net, config.image_size, volume, SPACING_ZYX, centre, guide, device, options, bounds)
 
     window = window_size(options.thickness_mm, SPACING_ZYX[0], options.max_window)
