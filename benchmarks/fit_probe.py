@@ -23,7 +23,6 @@ import time
 import torch
 
 from propsam.training.train import TrainConfig, Trainer
-from propsam.training.tasks import collate
 
 
 def fixed_tasks(trainer: Trainer, count: int) -> list[dict]:
@@ -59,11 +58,7 @@ def main(argv=None) -> int:
             curve = {0: set_loss(trainer, tasks, autocast)}
             start = time.perf_counter()
             for step in range(1, args.steps + 1):
-                loss = sum(trainer._forward(tasks[step % len(tasks)], autocast).values())
-                trainer.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainer.net.parameters(), 12.0)
-                trainer.opt.step()
+                trainer.optimise(tasks[step % len(tasks)], autocast)
                 if step % args.every == 0:
                     curve[step] = set_loss(trainer, tasks, autocast)
                     print(json.dumps({"recipe": recipe, "step": step, "set_loss": round(curve[step], 4),

@@ -257,6 +257,15 @@ class Trainer:
             return propmask_loss(out, batch, self.cfg.bce, self.cfg.slice_dice)
         return box2mask_loss(out, batch, self.cfg.bce)
 
+    def optimise(self, batch: dict, autocast) -> dict:
+        """One optimiser step on `batch`; its losses (the step counters are the caller's)."""
+        losses = self._forward(batch, autocast)
+        self.opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 12.0)
+        self.opt.step()
+        return losses
+
     def log(self, record: dict) -> None:
         if self.rank == 0:
             print(json.dumps(record), flush=True)
@@ -279,12 +288,7 @@ class Trainer:
             batch = self._batch()
             wait_for_device(self.device)
             data_time += time.time() - t0
-            losses = self._forward(batch, autocast)
-            loss = sum(losses.values())
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), 12.0)
-            self.opt.step()
+            losses = self.optimise(batch, autocast)
             self.step += 1
             self.tasks_seen += cfg.batch_size * self.world
             window_tasks += cfg.batch_size * self.world
