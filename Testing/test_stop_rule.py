@@ -119,3 +119,50 @@ def test_confirm_end_follows_an_object_a_far_guide_loses(confirm):
         assert stats.stop_reasons == {1: FADED, -1: FADED}
     else:
         assert stats.extent == (11, 13)  # each side ends after one slice, seen from too far
+
+
+def _cone_with_faint_tails():
+    """A bright disk (slices 8-16, radius 6) whose ends taper over three slices each at a fainter
+    intensity (60 against 100): faint enough for the network's window to lose, bright enough to
+    stand out from the dark background."""
+    z, y, x = np.mgrid[:26, :64, :64]
+    r2 = (y - 32) ** 2 + (x - 32) ** 2
+    core = (r2 <= 36) & (z >= 8) & (z <= 16)
+    radius = np.select([z == 7, z == 6, z == 5, z == 17, z == 18, z == 19], [5, 4, 3, 5, 4, 3], 0)
+    tails = (r2 <= radius ** 2) & ~core
+    volume = np.where(core, 100.0, np.where(tails, 60.0, 0.0)).astype(np.float32)
+    return volume, core, core | tails
+
+
+@pytest.mark.parametrize("tail", [0, 8])
+def test_intensity_tail_follows_a_faint_end_the_network_lets_go_of(tail):
+    import torch
+    from engine_doubles import ThresholdPropMask
+
+    from propsam.engine.propagation import propagate
+
+    volume, core, whole = _cone_with_faint_tails()
+    options = PropagationOptions(thickness_mm=3.0, intensity_tail=tail)
+    mask, stats = propagate(ThresholdPropMask(level=0.2), 32, volume, (1.0, 1.0, 1.0), 12, core[12], torch.device("cpu"), options)
+    if tail:
+        assert stats.stop_reasons == {d: f"{FADED}, then 3 slices by intensity" for d in (1, -1)}  # the CLI and panel say so
+        assert stats.extent == (5, 19) and (mask[5:8] == whole[5:8]).all() and (mask[17:20] == whole[17:20]).all()
+    else:
+        assert stats.stop_reasons == {1: FADED, -1: FADED}
+        assert stats.extent == (8, 16)  # the network's own ends
+
+
+def test_intensity_tail_neither_grows_nor_follows_a_hidden_outline():
+    from propsam.engine.propagation import intensity_tail, tail_cut
+
+    volume, core, whole = _cone_with_faint_tails()
+    cut = tail_cut(volume[12], core[12], PropagationOptions())
+    assert cut == (50.0, True)  # half-way between the ring (0) and the object (100), a bright object
+    assert [t for t, _ in intensity_tail(volume, 16, 1, core[16], cut, (0, 25), 8, 3)] == [17, 18, 19]
+    assert [t for t, _ in intensity_tail(volume, 16, 1, core[16], cut, (0, 18), 8, 3)] == [17, 18]  # the bounds
+    assert [t for t, _ in intensity_tail(volume, 16, 1, core[16], cut, (0, 25), 2, 3)] == [17, 18]  # the limit
+    grown = volume.copy()
+    grown[17] = np.where(whole[16] | np.roll(whole[16], 2, axis=1), 100.0, 0.0)  # larger than slice 16
+    assert intensity_tail(grown, 16, 1, core[16], cut, (0, 25), 8, 3) == []  # an end tapers: a larger slice is not a tail
+    flat = np.full((64, 64), 100.0, np.float32)  # the object's intensity all around: nothing to follow
+    assert tail_cut(flat, core[12], PropagationOptions()) is None

@@ -131,6 +131,13 @@ VARIANTS = {
     "propmask tta 2": dict(tta="8x2", max_area_ratio=2.0),
     "propmask tta 4": dict(tta="8x4", max_area_ratio=2.0),
     "propmask tta 8": dict(tta="8x8", max_area_ratio=2.0),
+    # after a faded or too-small end, the object's intensity followed a few more slices (clear outlines only)
+    "intensity tail 3": dict(intensity_tail=3, max_area_ratio=2.0),
+    "intensity tail 8": dict(intensity_tail=8, max_area_ratio=2.0),
+    "intensity tail 8 level 0.3": dict(intensity_tail=8, tail_level=0.3, max_area_ratio=2.0),
+    "intensity tail 8 sep 0.8": dict(intensity_tail=8, tail_min_separability=0.8, max_area_ratio=2.0),
+    "intensity tail 16 growth 1.25": dict(intensity_tail=16, tail_growth=1.25, max_area_ratio=2.0),
+    "intensity tail 16 growth 1.1": dict(intensity_tail=16, tail_growth=1.1, max_area_ratio=2.0),
 }
 
 

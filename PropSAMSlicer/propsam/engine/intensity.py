@@ -1,8 +1,10 @@
-"""Intensity windows: map raw CT/MR values to [0, 1] for the networks."""
+"""Intensity windows (raw CT/MR values to [0, 1] for the networks) and how well intensity alone
+tells an object from its surroundings."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 
 def window_from_values(values: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple[float, float]:
@@ -21,3 +23,18 @@ def apply_window(values, lo: float, hi: float):
     """Linear map of [lo, hi] to [0, 1], clipped. Works on numpy arrays and torch tensors."""
     scaled = (values - lo) / (hi - lo)
     return scaled.clip(0, 1)
+
+
+def edge_separability(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
+    """How visible an object's outline is on one slice: the Mann-Whitney AUC of the intensities
+    inside `mask` against a ring of `ring` pixels around it, folded to 0.5 (the same intensities:
+    only the guide's shape can tell the object from its neighbours) .. 1 (fully apart)."""
+    from scipy import stats  # here, not at the top: importing scipy.stats took 0.9 s here, too much for every engine start
+
+    mask = mask > 0
+    inside = image[mask].astype(np.float64)
+    around = image[ndimage.binary_dilation(mask, iterations=ring) & ~mask].astype(np.float64)
+    if inside.size == 0 or around.size == 0:
+        return float("nan")
+    auc = stats.mannwhitneyu(inside, around).statistic / (inside.size * around.size)  # U of `inside`, ties halved
+    return float(max(auc, 1.0 - auc))

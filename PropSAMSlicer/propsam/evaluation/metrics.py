@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
+
+from ..engine.intensity import edge_separability  # noqa: F401  (the evaluation's outline classes; the engine's intensity tail)
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     a, b = prediction > 0, truth > 0
     total = int(a.sum() + b.sum())
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
-
-
-def edge_separability(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
-    """How visible an object's outline is on one slice: the Mann-Whitney AUC of the intensities
-    inside `mask` against a ring of `ring` pixels around it, folded to 0.5 (the same intensities:
-    only the guide's shape can tell the object from its neighbours) .. 1 (fully apart)."""
-    mask = mask > 0
-    inside = image[mask].astype(np.float64)
-    around = image[ndimage.binary_dilation(mask, iterations=ring) & ~mask].astype(np.float64)
-    if inside.size == 0 or around.size == 0:
-        return float("nan")
-    auc = stats.mannwhitneyu(inside, around).statistic / (inside.size * around.size)  # U of `inside`, ties halved
-    return float(max(auc, 1.0 - auc))
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
