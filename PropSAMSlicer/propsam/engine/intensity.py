@@ -25,16 +25,26 @@ def apply_window(values, lo: float, hi: float):
     return scaled.clip(0, 1)
 
 
-def edge_separability(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
-    """How visible an object's outline is on one slice: the Mann-Whitney AUC of the intensities
-    inside `mask` against a ring of `ring` pixels around it, folded to 0.5 (the same intensities:
-    only the guide's shape can tell the object from its neighbours) .. 1 (fully apart)."""
+def inside_and_ring(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The intensities inside `mask` and in a ring of `ring` pixels around it (float64)."""
+    mask = mask > 0
+    around = ndimage.binary_dilation(mask, iterations=ring) & ~mask
+    return image[mask].astype(np.float64), image[around].astype(np.float64)
+
+
+def separability(inside: np.ndarray, around: np.ndarray) -> float:
+    """The Mann-Whitney AUC of two sets of intensities, folded to 0.5 (the same) .. 1 (fully apart);
+    NaN where either is empty."""
     from scipy import stats  # here, not at the top: importing scipy.stats took 0.9 s here, too much for every engine start
 
-    mask = mask > 0
-    inside = image[mask].astype(np.float64)
-    around = image[ndimage.binary_dilation(mask, iterations=ring) & ~mask].astype(np.float64)
     if inside.size == 0 or around.size == 0:
         return float("nan")
     auc = stats.mannwhitneyu(inside, around).statistic / (inside.size * around.size)  # U of `inside`, ties halved
     return float(max(auc, 1.0 - auc))
+
+
+def edge_separability(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
+    """How visible an object's outline is on one slice: the separability of the intensities inside
+    `mask` from a ring of `ring` pixels around it, 0.5 (the same intensities: only the guide's
+    shape can tell the object from its neighbours) .. 1 (fully apart)."""
+    return separability(*inside_and_ring(image, mask, ring))

@@ -19,7 +19,7 @@ from scipy import ndimage
 from ..errors import InputError
 from .control import CancelToken, ProgressCallback
 from .device import autocast_for
-from .intensity import apply_window, edge_separability, window_from_values
+from .intensity import apply_window, inside_and_ring, separability, window_from_values
 from .roi import crop_to_model, paste_from_model, roi_grid, slice_extent, square_roi
 from .slice_context import context_slices
 from .tta import mean_over, mean_turned_back, stack_turned
@@ -112,7 +112,6 @@ class _Side:
     mask: np.ndarray
     active: bool = True
     travelled: int = 0
-    last: int = -1  # the last accepted slice (the guide before any is accepted)
     earlier: list = field(default_factory=list)  # the guides before this one, (slice, mask), most recent first
 
 
@@ -192,8 +191,6 @@ def propagate(
                                                   int(side.mask.sum()))
             for t, p in zip(targets[:judged], present[:judged]):
                 stats.presence[t] = min(stats.presence.get(t, 1.0), float(p))
-            if accepted:
-                side.last = targets[accepted - 1]
             for t, plane in zip(targets, planes[:accepted]):
                 sums[t] = sums.get(t, 0) + plane
                 counts[t] = counts.get(t, 0) + 1
@@ -222,7 +219,9 @@ def propagate(
     if cut is not None:
         for side in sides:
             if stats.stop_reasons.get(side.direction) in (FADED, TOO_SMALL):
-                last = side.last if side.last >= 0 else guide_index
+                # the side's last accepted slice: its farthest in the result's sums (the prompt if none)
+                last = max((t for t in sums if (t - guide_index) * side.direction > 0), key=lambda t: t * side.direction,
+                           default=guide_index)
                 tail = intensity_tail(volume, last, side.direction, result[last] > 0, cut, (lo_bound, hi_bound),
                                       options.intensity_tail, options.min_area_px, options.tail_growth)
                 for t, plane in tail:
@@ -241,11 +240,11 @@ def propagate(
 def tail_cut(image: np.ndarray, mask: np.ndarray, options: PropagationOptions, ring: int = 3):
     """(level, bright) that tells the object from its surroundings by intensity on the reference
     slice, or None where its outline is not clear enough to follow by intensity alone."""
-    if edge_separability(image, mask, ring) < options.tail_min_separability:
+    inside, around = inside_and_ring(image, mask, ring)
+    if separability(inside, around) < options.tail_min_separability:
         return None
-    inside = float(np.median(image[mask]))
-    around = float(np.median(image[ndimage.binary_dilation(mask, iterations=ring) & ~mask]))
-    return around + options.tail_level * (inside - around), inside > around
+    inside_median, around_median = float(np.median(inside)), float(np.median(around))
+    return around_median + options.tail_level * (inside_median - around_median), inside_median > around_median
 
 
 def intensity_tail(volume, last: int, direction: int, mask: np.ndarray, cut, bounds, limit: int, min_area: int,
